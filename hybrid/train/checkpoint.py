@@ -1,0 +1,175 @@
+"""Crash-safe checkpoints in a run folder, and the RNG state that makes a resume reproducible.
+
+Layout: `run_dir/checkpoints/step_{step:08d}/` holding
+    model.safetensors   the model's tensors
+    train_state.pt      everything else (optimiser states, EMA, RNG states, carry, sampler position)
+    COMPLETE            written last; a folder without it is not a checkpoint
+
+A checkpoint is assembled in a temporary sibling folder and renamed into place with `os.replace`, so a crash at any
+point leaves either the whole new checkpoint or none of it.
+
+`train_state.pt` is read back with `torch.load(weights_only=True)`, so it may hold only tensors, bool / int / float /
+str / None, and lists, tuples and dicts of those (dict keys str or int). `save_checkpoint` checks this before writing;
+`rng_state()` already returns numpy's state in that form.
+"""
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+MODEL_FILE, TRAIN_STATE_FILE, COMPLETE_MARKER = "model.safetensors", "train_state.pt", "COMPLETE"
+_STEP_DIR = re.compile(r"step_(\d{8,})")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be written or read as asked."""
+
+
+def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:08d}"
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model_state: dict[str, Tensor], train_state: dict,
+                    keep_last: int) -> Path:
+    """Write the checkpoint for `step` atomically, then delete complete checkpoints older than the newest `keep_last`.
+
+    `model_state` maps names to tensors (tied / aliased tensors are stored as separate copies); `train_state` obeys the
+    rules in the module docstring. Returns the checkpoint folder. Call it on the main process only.
+    """
+    if keep_last < 1:
+        raise CheckpointError(f"save_checkpoint: keep_last must be >= 1, got {keep_last}")
+    if step < 0:
+        raise CheckpointError(f"save_checkpoint: step must be >= 0, got {step}")
+    final = checkpoint_dir(run_dir, step)
+    if final.exists():
+        raise CheckpointError(f"save_checkpoint: {final} already exists; refusing to overwrite a checkpoint")
+    tensors = _safetensors_ready(model_state)
+    _check_weights_only(train_state, "train_state")
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp_{final.name}_{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        save_file(tensors, tmp / MODEL_FILE)
+        torch.save(train_state, tmp / TRAIN_STATE_FILE)
+        (tmp / COMPLETE_MARKER).write_text(f"{step}\n")
+        for name in (MODEL_FILE, TRAIN_STATE_FILE, COMPLETE_MARKER):
+            _fsync(tmp / name)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    for old in complete_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old)
+    return final
+
+
+def complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The complete checkpoint folders of `run_dir`, oldest step first; temporary and unfinished folders are skipped."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _STEP_DIR.fullmatch(path.name)
+        if match and (path / COMPLETE_MARKER).is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint folder, or None when the run has none."""
+    found = complete_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
+    """Read a checkpoint folder back as `(model_state, train_state)`, all tensors on CPU."""
+    path = Path(path)
+    if not (path / COMPLETE_MARKER).is_file():
+        raise CheckpointError(f"load_checkpoint: {path} is not a complete checkpoint (no {COMPLETE_MARKER} file); "
+                              "use latest_checkpoint(run_dir) to find one")
+    return load_file(path / MODEL_FILE), torch.load(path / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def rng_state() -> dict:
+    """The state of Python's `random`, numpy's global RNG, torch's CPU RNG and (when present) every CUDA RNG."""
+    kind, key, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "key": key.tolist(), "pos": pos, "has_gauss": has_gauss,
+                  "cached_gaussian": cached_gaussian},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore the RNGs from `rng_state()`; a saved CUDA state needs the same number of visible GPUs."""
+    missing = {"python", "numpy", "torch"} - state.keys()
+    if missing:
+        raise ValueError(f"set_rng_state: state lacks keys {sorted(missing)}; expected the dict from rng_state()")
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["kind"], np.array(numpy_state["key"], dtype=np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if len(state["cuda"]) != visible:
+            raise ValueError(f"set_rng_state: the state holds {len(state['cuda'])} CUDA RNG states but {visible} "
+                             "GPUs are visible; resume with the same number of GPUs per process")
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _safetensors_ready(model_state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Contiguous CPU tensors, with every tensor that shares storage with an earlier one cloned (safetensors refuses
+    aliases, e.g. tied embeddings)."""
+    out, seen_storages = {}, set()
+    for name, tensor in model_state.items():
+        if not isinstance(tensor, Tensor):
+            raise CheckpointError(f"save_checkpoint: model_state[{name!r}] is a {type(tensor).__name__}, expected a "
+                                  "tensor; put non-tensor state in train_state")
+        tensor = tensor.detach().cpu()
+        storage = tensor.untyped_storage().data_ptr()
+        out[name] = tensor.clone() if storage in seen_storages else tensor.contiguous()
+        seen_storages.add(storage)
+    return out
+
+
+def _check_weights_only(value, where: str) -> None:
+    """Raise unless `torch.load(weights_only=True)` can read `value` back."""
+    if isinstance(value, (Tensor, bool, int, float, str, type(None))):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_weights_only(item, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise CheckpointError(f"save_checkpoint: {where} has key {key!r} of type {type(key).__name__}; "
+                                      "expected str or int keys")
+            _check_weights_only(item, f"{where}[{key!r}]")
+        return
+    raise CheckpointError(f"save_checkpoint: {where} is a {type(value).__name__}, which torch.load(weights_only=True) "
+                          "cannot read; convert it to tensors, numbers, strings, lists or dicts (numpy arrays: .tolist()"
+                          " or torch.from_numpy)")
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())

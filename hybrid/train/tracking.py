@@ -1,0 +1,173 @@
+"""The run folder: creating it safely, logging metrics as JSON lines, and turning them into curves and a summary.
+
+A run folder holds `run.json` (written by `RunDir.create`, marks the folder as a hybrid run), `metrics.jsonl`
+(one `{"step": ..., "split": "train" | "eval", <metric>: <number>, ...}` object per line) and `checkpoints/`.
+"""
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from torch import Tensor
+
+RUN_MARKER, METRICS_FILE = "run.json", "metrics.jsonl"
+SPLITS = ("train", "eval")
+
+
+class RunDirError(ValueError):
+    """A run folder that cannot be used as asked."""
+
+
+class RunExistsError(RunDirError):
+    """The folder already holds a previous run and neither overwrite nor resume was asked for."""
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run folder; usable wherever a path is expected (`os.fspath(run_dir)`)."""
+
+    path: Path
+    resumed: bool
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def checkpoints_path(self) -> Path:
+        return self.path / "checkpoints"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, *, overwrite: bool = False, resume: bool = False) -> "RunDir":
+        """Make `path` ready for a run.
+
+        Missing or empty folder: a new run. Folder holding a previous run: `resume=True` keeps it (`resumed` is True),
+        `overwrite=True` deletes it and starts afresh, neither raises `RunExistsError`. A non-empty folder that is not
+        a run is never reused. The folder must be writable (checked up front). Call it on the main process only.
+        """
+        if overwrite and resume:
+            raise RunDirError(f"RunDir.create({path}): overwrite and resume exclude each other; choose one")
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise RunDirError(f"run folder {path} exists and is not a folder")
+        holds_run = (path / RUN_MARKER).is_file()
+        if path.is_dir() and any(path.iterdir()) and not holds_run:
+            raise RunDirError(f"run folder {path} is not empty and holds no previous run ({RUN_MARKER} missing); "
+                              "choose a new or empty folder")
+        if holds_run and not (overwrite or resume):
+            raise RunExistsError(f"run folder {path} already holds a previous run; pass overwrite=true to delete it "
+                                 "and start again, or resume=auto to continue from its latest checkpoint")
+        if holds_run and overwrite:
+            shutil.rmtree(path)
+
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as err:
+            raise RunDirError(f"run folder {path} is not writable: {err}") from err
+        if not (holds_run and resume):
+            (path / RUN_MARKER).write_text(json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+        return cls(path=path, resumed=holds_run and resume)
+
+
+class MetricsLogger:
+    """Appends one JSON line per `log` call to `run_dir/metrics.jsonl`; does nothing off the main process."""
+
+    def __init__(self, run_dir: str | os.PathLike, is_main_process: bool):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.is_main_process = is_main_process
+
+    def log(self, step: int, split: str, metrics: dict[str, float | Tensor]) -> None:
+        """Record `metrics` (numbers or one-element tensors) for `split` ("train" or "eval") at `step`."""
+        if split not in SPLITS:
+            raise ValueError(f"MetricsLogger.log: split must be one of {SPLITS}, got {split!r}")
+        record = {"step": int(step), "split": split}
+        for key, value in metrics.items():
+            if key in record:
+                raise ValueError(f"MetricsLogger.log: metric name {key!r} is reserved")
+            if isinstance(value, Tensor):
+                value = value.item()
+            if not isinstance(value, (int, float)):
+                raise ValueError(f"MetricsLogger.log: metric {key!r} is a {type(value).__name__}, expected a number")
+            record[key] = value
+        if self.is_main_process:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """All records of a metrics.jsonl file, in file order."""
+    records = []
+    with open(path) as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{line_no}: not a JSON object ({err})") from err
+            if not isinstance(record, dict) or "step" not in record or record.get("split") not in SPLITS:
+                raise ValueError(f"{path}:{line_no}: expected an object with 'step' and 'split' in {SPLITS}")
+            records.append(record)
+    return records
+
+
+def plot_curves(metrics_jsonl: str | os.PathLike, out_png: str | os.PathLike, keys: Sequence[str] | None = None) -> Path:
+    """One panel per metric key (default: every metric in the file), train and eval curves against step; a PNG."""
+    # The Agg canvas directly, not pyplot: no global backend switch and no figure registry in a training process.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    records = read_metrics(metrics_jsonl)
+    available = sorted({k for r in records for k in r} - {"step", "split"})
+    keys = available if keys is None else list(keys)
+    unknown = [k for k in keys if k not in available]
+    if not keys or unknown:
+        raise ValueError(f"plot_curves: {metrics_jsonl} has metrics {available}; cannot plot {unknown or 'nothing'}")
+
+    fig = Figure(figsize=(5, 3 * len(keys)), layout="constrained")
+    FigureCanvasAgg(fig)
+    for ax, key in zip(fig.subplots(len(keys), 1, squeeze=False)[:, 0], keys):
+        for split in SPLITS:
+            points = [(r["step"], r[key]) for r in records if r["split"] == split and key in r]
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, marker="o" if split == "eval" else None, label=split)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.legend()
+    out_png = Path(out_png)
+    fig.savefig(out_png, format="png")
+    return out_png
+
+
+def summary_table(metrics: list[dict], split: str = "eval") -> str:
+    """A plain-text table of each metric's final and best value over `split` records, with the best's step.
+
+    Best is the minimum for metrics whose name contains "loss" and the maximum otherwise; NaN values never win.
+    """
+    records = [r for r in metrics if r.get("split") == split]
+    if not records:
+        raise ValueError(f"summary_table: no {split!r} records among {len(metrics)} metrics records")
+    keys = sorted({k for r in records for k in r} - {"step", "split"})
+    rows = [("metric", "final", "best", "best step")]
+    for key in keys:
+        series = [(r["step"], r[key]) for r in records if key in r]
+        finite = [(s, v) for s, v in series if not math.isnan(v)]
+        lower_is_better = "loss" in key
+        best_step, best = (min if lower_is_better else max)(finite, key=lambda sv: sv[1]) if finite else ("-", math.nan)
+        rows.append((key, f"{series[-1][1]:.6g}", f"{best:.6g}", str(best_step)))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""Process-level basics shared by every recipe: seeding, rank-aware logging, user-facing errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for (a path, a config value, a checkpoint). Recipes print the message and exit
+    with status 2, without a traceback; programming errors keep their traceback."""
+
+
+def rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def seed_everything(seed: int, *, rank_offset: bool = True) -> int:
+    """Seed Python, numpy and torch. With `rank_offset`, rank r uses seed + r (the official convention: ranks draw
+    different dropout-like noise but build identical models when parameters are broadcast or seeded separately).
+    Returns the seed used on this rank."""
+    used = seed + (rank() if rank_offset else 0)
+    random.seed(used)
+    np.random.seed(used % 2**32)
+    torch.manual_seed(used)
+    return used
+
+
+class _MainProcessFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "all_ranks", False) or rank() == 0
+
+
+def get_logger(name: str = "hybrid") -> logging.Logger:
+    """A logger that prints once per process group (rank 0) unless a call passes `extra={"all_ranks": True}`."""
+    logger = logging.getLogger(name)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s] %(message)s", "%H:%M:%S"))
+        handler.addFilter(_MainProcessFilter())
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+def run_main(main, argv: list[str] | None = None) -> None:
+    """Run a recipe's `main(argv)`: user errors become one line on stderr and exit status 2."""
+    from hybrid.config import ConfigError
+
+    try:
+        main(sys.argv[1:] if argv is None else argv)
+    except (UserError, ConfigError, FileNotFoundError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

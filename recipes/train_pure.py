@@ -8,6 +8,7 @@ Overrides use dotted keys: `training.lr=3e-4 arch.L_cycles=4 run.resume=auto`.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -73,6 +74,7 @@ def main(argv: list[str]) -> None:
     except ValueError as err:
         raise UserError(f"{path}: {err} (data.path={cfg.data.path})") from None
 
+    cfg.arch = dataclasses.asdict(arch)  # saved resolved, so the run can be rebuilt without its dataset
     steps = total_steps(cfg, train)
     check_schedule(cfg.training, steps)
     accelerator, run_dir = prepare_run(cfg.run)

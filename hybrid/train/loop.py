@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol
@@ -34,6 +33,7 @@ from torch import Tensor, nn
 from hybrid.config import save_config
 from hybrid.core.act import ACT, ACTCarry
 from hybrid.core.losses import ACTLossHead
+from hybrid.eval.loop import evaluate, normalise, reduce_sums
 from hybrid.optim import EMA, AdamATan2, SparseSignSGD, lr_at
 from hybrid.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from hybrid.train.config import CheckpointConfig, EvalConfig, OptimConfig, RunConfig
@@ -164,13 +164,6 @@ class Trainer:
             p.grad = flat[offset : offset + n].view_as(p)
             offset += n
 
-    def _reduce_sums(self, sums: dict[str, Tensor]) -> dict[str, float]:
-        keys = sorted(sums)
-        vec = torch.stack([sums[k].detach().double().to(self.device) for k in keys])
-        if self.world_size > 1:
-            torch.distributed.all_reduce(vec)
-        return dict(zip(keys, vec.tolist()))
-
     # ---- training --------------------------------------------------------------------------------------------------
 
     def _batches(self) -> Iterator[dict[str, Tensor]]:
@@ -202,7 +195,7 @@ class Trainer:
         self._sync_dense_grads()
 
         metric_sums = dict(metric_sums, loss=loss.detach())
-        totals = self._reduce_sums(metric_sums)
+        totals = reduce_sums(metric_sums, self.device)
         self.step += 1
         if not math.isfinite(totals["loss"]):
             where = self.last_checkpoint or "none was written yet"
@@ -218,47 +211,22 @@ class Trainer:
         self.adam.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.reasoner)
-        return self._normalise(totals, train=True) | {"lr": lr}
-
-    def _normalise(self, totals: dict[str, float], *, train: bool) -> dict[str, float]:
-        count = max(totals.get("count", 0.0), 1.0)
-        out = {"count": totals.get("count", 0.0)}
-        for key, value in totals.items():
-            if key == "count":
-                continue
-            is_loss = key.endswith("loss")
-            out[key] = value / (self.parts.global_batch_size if (train and is_loss) else count)
-        return out
+        return normalise(totals, loss_divisor=self.parts.global_batch_size) | {"lr": lr}
 
     # ---- evaluation ------------------------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        steps = self.eval_cfg.halt_max_steps or self.parts.act.halt_max_steps
-        evaluators = self.parts.evaluators()
-        sums: dict[str, Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
         swap = self.ema.apply_to(self.reasoner) if self.ema is not None else contextlib.nullcontext()
-        seen = 0
         with swap:
-            self.loss_head.eval()
-            for batch, mask in self.parts.eval_batches():
-                if self.eval_cfg.max_examples is not None and seen >= self.eval_cfg.max_examples:
-                    break
-                seen += int(mask.sum()) * self.world_size
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                carry = self.loss_head.initial_carry(batch)
-                for _ in range(steps):
-                    carry, _, metric_sums, outputs, _ = self.loss_head(carry, batch, halt_max_steps=steps)
-                for key, value in metric_sums.items():
-                    sums[key] = sums[key] + value.double().cpu()
-                for evaluator in evaluators:
-                    evaluator.update(batch, outputs, mask)
-        totals = self._reduce_sums(dict(sums)) if sums else {}
-        result = self._normalise(totals, train=False)
-        for evaluator in evaluators:
-            result.update(evaluator.result())
-        self.loss_head.train()
-        return result
+            return evaluate(
+                self.loss_head,
+                self.parts.eval_batches(),
+                halt_max_steps=self.eval_cfg.halt_max_steps or self.parts.act.halt_max_steps,
+                device=self.device,
+                evaluators=self.parts.evaluators(),
+                max_examples=self.eval_cfg.max_examples,
+                world_size=self.world_size,
+            )
 
     # ---- checkpoints -----------------------------------------------------------------------------------------------
 

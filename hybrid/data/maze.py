@@ -1,0 +1,272 @@
+"""Maze data: Maze-Hard 30x30 (spec 3.3) and a generator of k x k mazes.
+
+A maze is a k x k grid of characters "# SGo" (wall, open, start, goal, path) stored as ids 1..5 (0 = pad), vocab 6,
+all puzzle identifiers 0. The label is the input with one shortest start-goal path drawn in `o`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from hybrid.data.format import DatasetMetadata, atomic_output_dir, read_split, write_identifiers, write_split
+
+HUB_REPO = "sapientinc/maze-30x30-hard-1k"
+CHARSET = "# SGo"
+WALL, OPEN, START, GOAL, PATH = range(1, 6)
+CSV_HEADER = ["source", "question", "answer", "rating"]
+
+
+def dihedral(grid: np.ndarray, t: int) -> np.ndarray:
+    """t0..t7 = identity, rot90, rot180, rot270, fliplr, flipud, transpose, fliplr(rot90) (numpy rot90: counter-clockwise)."""
+    transforms = (
+        lambda x: x,
+        lambda x: np.rot90(x, 1),
+        lambda x: np.rot90(x, 2),
+        lambda x: np.rot90(x, 3),
+        np.fliplr,
+        np.flipud,
+        lambda x: x.T,
+        lambda x: np.fliplr(np.rot90(x, 1)),
+    )
+    if not 0 <= t < len(transforms):
+        raise ValueError(f"dihedral transform id {t} must be in 0..7")
+    return np.ascontiguousarray(transforms[t](grid))
+
+
+def encode(text: str, where: str) -> np.ndarray:
+    side = int(round(len(text) ** 0.5))
+    if side * side != len(text) or not text:
+        raise ValueError(f"{where}: maze has {len(text)} cells, expected a square number (900 for 30x30)")
+    lookup = np.zeros(256, dtype=np.uint8)
+    for i, ch in enumerate(CHARSET):
+        lookup[ord(ch)] = i + 1
+    ids = lookup[np.frombuffer(text.encode("latin-1", errors="replace"), dtype=np.uint8)]
+    if np.any(ids == 0):
+        bad = sorted({ch for ch in text if ch not in CHARSET})
+        raise ValueError(f"{where}: characters {bad} are not in the maze charset {CHARSET!r}")
+    return ids
+
+
+def decode(ids: np.ndarray) -> str:
+    return "".join(CHARSET[i - 1] for i in np.asarray(ids).ravel())
+
+
+def read_maze_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Hub layout `source,question,answer,rating` -> (inputs, labels) as [N, k*k] uint8 ids."""
+    inputs, labels = [], []
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header != CSV_HEADER:
+            raise ValueError(f"{path}:1: header {header}, expected {CSV_HEADER}")
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if len(row) != 4:
+                raise ValueError(f"{where}: {len(row)} fields, expected 4 ({','.join(CSV_HEADER)})")
+            q, a = encode(row[1], where), encode(row[2], where)
+            if q.shape != a.shape or (inputs and q.shape != inputs[0].shape):
+                raise ValueError(f"{where}: question/answer sizes {q.size}/{a.size} differ from the file's first maze")
+            inputs.append(q)
+            labels.append(a)
+    if not inputs:
+        raise ValueError(f"{path}: no mazes")
+    return np.stack(inputs), np.stack(labels)
+
+
+def _neighbours(grid: np.ndarray, cell: tuple[int, int]):
+    r, c = cell
+    for nxt in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
+        if 0 <= nxt[0] < grid.shape[0] and 0 <= nxt[1] < grid.shape[1] and grid[nxt] != WALL:
+            yield nxt
+
+
+def _bfs(grid: np.ndarray, start: tuple[int, int]) -> dict:
+    """parent of every reachable non-wall cell (start -> start), in BFS order."""
+    parent = {start: start}
+    queue = deque([start])
+    while queue:
+        cell = queue.popleft()
+        for nxt in _neighbours(grid, cell):
+            if nxt not in parent:
+                parent[nxt] = cell
+                queue.append(nxt)
+    return parent
+
+
+def bfs_distances(grid: np.ndarray, start: tuple[int, int]) -> np.ndarray:
+    """Moves from `start` to every cell; -1 for walls and unreachable cells."""
+    dist = np.full(grid.shape, -1, dtype=np.int64)
+    parent = _bfs(grid, start)
+    for cell, prev in parent.items():  # BFS order: a parent's distance is set before its children's
+        dist[cell] = 0 if cell == start else dist[prev] + 1
+    return dist
+
+
+def shortest_path(grid: np.ndarray) -> list[tuple[int, int]] | None:
+    """One shortest S-to-G path (cells, S and G included) by BFS over non-wall cells, or None when unreachable."""
+    start = tuple(int(v) for v in np.argwhere(grid == START)[0])
+    goal = tuple(int(v) for v in np.argwhere(grid == GOAL)[0])
+    parent = _bfs(grid, start)
+    if goal not in parent:
+        return None
+    path = [goal]
+    while path[-1] != start:
+        path.append(parent[path[-1]])
+    return path[::-1]
+
+
+def augment_dihedral(inputs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[N, k*k] -> [N, 8, k*k]: the 8 dihedral copies of every maze, t0 first."""
+    n, cells = inputs.shape
+    side = int(round(cells**0.5))
+    out = []
+    for arr in (inputs, labels):
+        grids = arr.reshape(n, side, side)
+        out.append(np.stack([np.stack([dihedral(g, t).ravel() for t in range(8)]) for g in grids]))
+    return out[0], out[1]
+
+
+def write_maze_split(root: Path, split: str, inputs: np.ndarray, labels: np.ndarray) -> None:
+    """inputs/labels [groups, variants, k*k]: one group per maze, one puzzle of one example per variant."""
+    groups, variants, cells = inputs.shape
+    write_split(
+        root,
+        split,
+        inputs=inputs.reshape(-1, cells),
+        labels=labels.reshape(-1, cells),
+        puzzle_identifiers=np.zeros(groups * variants, dtype=np.int32),
+        puzzle_indices=np.arange(groups * variants + 1),
+        group_indices=np.arange(0, groups * variants + 1, variants),
+        metadata=DatasetMetadata(
+            seq_len=cells,
+            vocab_size=len(CHARSET) + 1,
+            pad_id=0,
+            ignore_label_id=0,
+            blank_identifier_id=0,
+            num_puzzle_identifiers=1,
+            total_groups=groups,
+            mean_puzzle_examples=1.0,
+            total_puzzles=groups,  # the official Maze builder stores the group count here (Errata 8)
+            sets=["all"],
+        ),
+    )
+
+
+def _read_source(args: argparse.Namespace, split: str) -> tuple[np.ndarray, np.ndarray]:
+    if args.input_dir is not None:
+        ds = read_split(args.input_dir, split, mmap=False)
+        if ds.num_groups != ds.num_puzzles:
+            raise ValueError(f"{args.input_dir}/{split}: already augmented ({ds.num_puzzles} puzzles in {ds.num_groups} groups)")
+        return np.asarray(ds.inputs), np.asarray(ds.labels)
+    path = Path(f"{args.input_file_prefix}{split}.csv")
+    if not path.is_file():
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(repo_id=args.source_repo, filename=path.name, repo_type="dataset"))
+    return read_maze_csv(path)
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--input-dir", type=Path, help="an official npy folder (train/, test/) to read instead of CSVs")
+    source.add_argument("--input-file-prefix", default="", help="CSV path prefix: <prefix>train.csv, <prefix>test.csv; "
+                        "files not found locally come from --source-repo on the Hub")
+    parser.add_argument("--source-repo", default=HUB_REPO)
+    parser.add_argument("--aug", action="store_true", help="add the 8 dihedral transforms (8 puzzles per group)")
+    parser.add_argument("--subsample-size", type=int, help="seeded random subset of the training mazes")
+    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true")
+
+
+def build_from_args(args: argparse.Namespace) -> Path:
+    rng = np.random.default_rng(args.seed)
+    splits = {split: _read_source(args, split) for split in ("train", "test")}
+    if args.subsample_size is not None:
+        total = len(splits["train"][0])
+        if not 0 < args.subsample_size <= total:
+            raise ValueError(f"--subsample-size {args.subsample_size} must be in 1..{total} (mazes available)")
+        keep = rng.choice(total, args.subsample_size, replace=False)
+        splits["train"] = (splits["train"][0][keep], splits["train"][1][keep])
+    with atomic_output_dir(args.output_dir, overwrite=args.overwrite) as out:
+        for split, (inputs, labels) in tqdm(splits.items(), desc="maze"):
+            if args.aug and split == "train":
+                inputs, labels = augment_dihedral(inputs, labels)
+            else:
+                inputs, labels = inputs[:, None], labels[:, None]
+            write_maze_split(out, split, inputs, labels)
+        write_identifiers(out, ["<blank>"])
+    return args.output_dir
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Generator
+
+
+def generate_maze(rng: np.random.Generator, size: int, *, wall_density: float, min_path_len: int,
+                  max_tries: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
+    """Random walls at `wall_density`, S at the far end of a random component, and G drawn among the cells at least `min_path_len` cells away
+    (S and G included); retried until such a cell exists. Returns (input, label) [size, size] ids, label = input + one
+    BFS shortest path."""
+    for _ in range(max_tries):
+        grid = np.where(rng.random((size, size)) < wall_density, WALL, OPEN).astype(np.uint8)
+        open_cells = np.argwhere(grid == OPEN)
+        if len(open_cells) < 2:
+            continue
+        # S at the far end of a random cell's component (a double-sweep BFS), so long paths are found in few tries.
+        probe = bfs_distances(grid, tuple(open_cells[rng.integers(len(open_cells))]))
+        ends = np.argwhere(probe == probe.max())
+        start = tuple(ends[rng.integers(len(ends))])
+        far = np.argwhere(bfs_distances(grid, start) >= min_path_len - 1)
+        if len(far) == 0:
+            continue
+        grid[start], grid[tuple(far[rng.integers(len(far))])] = START, GOAL
+        label = grid.copy()
+        for cell in shortest_path(grid)[1:-1]:
+            label[cell] = PATH
+        return grid, label
+    raise ValueError(f"no {size}x{size} maze with a path of >= {min_path_len} cells at wall density {wall_density} "
+                     f"in {max_tries} tries; lower --min-path-len or change --wall-density")
+
+
+def generate_mazes(count: int, *, size: int, wall_density: float, min_path_len: int, seed: int, first_index: int = 0,
+                   desc: str = "maze-gen") -> tuple[np.ndarray, np.ndarray]:
+    """[count, size*size] inputs and labels; maze i depends only on (seed, first_index + i)."""
+    inputs, labels = [], []
+    for index in tqdm(range(first_index, first_index + count), desc=desc):
+        q, a = generate_maze(np.random.default_rng([seed, index]), size, wall_density=wall_density,
+                             min_path_len=min_path_len)
+        inputs.append(q.ravel())
+        labels.append(a.ravel())
+    return np.asarray(inputs).reshape(count, size * size), np.asarray(labels).reshape(count, size * size)
+
+
+def add_gen_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", type=int, default=30)
+    parser.add_argument("--wall-density", type=float, default=0.37, help="Maze-Hard averages 37%% walls")
+    parser.add_argument("--min-path-len", type=int, default=110, help="minimum shortest-path cells (Maze-Hard: 110)")
+    parser.add_argument("--train-size", type=int, required=True)
+    parser.add_argument("--test-size", type=int, default=0)
+    parser.add_argument("--aug", action="store_true", help="add the 8 dihedral transforms to the training split")
+    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true")
+
+
+def build_gen_from_args(args: argparse.Namespace) -> Path:
+    common = dict(size=args.size, wall_density=args.wall_density, min_path_len=args.min_path_len, seed=args.seed)
+    train = generate_mazes(args.train_size, **common, desc="maze-gen train")
+    test = generate_mazes(args.test_size, **common, first_index=args.train_size, desc="maze-gen test")
+    with atomic_output_dir(args.output_dir, overwrite=args.overwrite) as out:
+        inputs, labels = augment_dihedral(*train) if args.aug else (train[0][:, None], train[1][:, None])
+        write_maze_split(out, "train", inputs, labels)
+        if args.test_size:
+            write_maze_split(out, "test", test[0][:, None], test[1][:, None])
+        write_identifiers(out, ["<blank>"])
+    return args.output_dir

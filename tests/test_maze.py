@@ -1,0 +1,106 @@
+import argparse
+
+import numpy as np
+import pytest
+
+from hybrid.data.format import read_split
+from hybrid.data.maze import (
+    GOAL,
+    PATH,
+    START,
+    WALL,
+    add_cli_arguments,
+    add_gen_cli_arguments,
+    augment_dihedral,
+    build_from_args,
+    build_gen_from_args,
+    decode,
+    dihedral,
+    read_maze_csv,
+    shortest_path,
+)
+from test_data_format import _hash_tree
+
+
+def _parse(argv, add):
+    parser = argparse.ArgumentParser()
+    add(parser)
+    return parser.parse_args(argv)
+
+
+def _assert_label_is_shortest_path(inp: np.ndarray, label: np.ndarray):
+    side = int(round(inp.size**0.5))
+    grid, lab = inp.reshape(side, side), label.reshape(side, side)
+    path = shortest_path(grid)
+    drawn = lab == PATH
+    assert np.array_equal(lab[~drawn], grid[~drawn]) and np.all(grid[drawn] == 2)
+    assert drawn.sum() + 2 == len(path)
+    # the drawn cells form a connected S..G chain: every path cell has exactly two path/S/G neighbours
+    on = drawn | (grid == START) | (grid == GOAL)
+    padded = np.pad(on, 1)
+    neighbours = padded[:-2, 1:-1].astype(int) + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]
+    assert np.all(neighbours[drawn] == 2)
+    return len(path)
+
+
+def test_dihedral_convention():
+    x = np.arange(6).reshape(2, 3)
+    np.testing.assert_array_equal(dihedral(x, 1), np.rot90(x))
+    np.testing.assert_array_equal(dihedral(x, 6), x.T)
+    np.testing.assert_array_equal(dihedral(x, 7), np.fliplr(np.rot90(x)))
+    inverse = [0, 3, 2, 1, 4, 5, 6, 7]
+    for t in range(8):
+        np.testing.assert_array_equal(dihedral(dihedral(x, t), inverse[t]), x)
+
+
+def test_csv_and_npy_agree_and_augmentation_keeps_path_length(data_dir):
+    root = data_dir / "maze-30x30-hard-1k"
+    inputs, labels = read_maze_csv(root / "train.csv")
+    ds = read_split(root, "train")
+    np.testing.assert_array_equal(inputs, ds.inputs)
+    np.testing.assert_array_equal(labels, ds.labels)
+    aug_in, aug_lab = augment_dihedral(inputs[:4], labels[:4])
+    assert aug_in.shape == (4, 8, 900)
+    for m in range(4):
+        length = _assert_label_is_shortest_path(inputs[m], labels[m])
+        assert length >= 110
+        assert len({v.tobytes() for v in aug_in[m]}) == 8
+        for t in range(8):
+            assert _assert_label_is_shortest_path(aug_in[m, t], aug_lab[m, t]) == length
+
+
+def test_build_from_official_folder_with_aug(data_dir, tmp_path):
+    args = _parse(["--input-dir", str(data_dir / "maze-30x30-hard-1k"), "--aug", "--subsample-size", "5",
+                   "--output-dir", str(tmp_path / "out")], add_cli_arguments)
+    build_from_args(args)
+    train, test = read_split(tmp_path / "out", "train"), read_split(tmp_path / "out", "test")
+    assert (train.num_groups, train.num_puzzles, test.num_puzzles) == (5, 40, 1000)
+    assert train.metadata.vocab_size == 6 and train.metadata.total_puzzles == 5
+    with pytest.raises(FileExistsError):
+        build_from_args(args)
+
+
+@pytest.mark.parametrize("row, message", [(",#S G ,#SoG ,", r"5 cells, expected a square"),
+                                          (",#SxG,#SoG,", r"characters \['x'\]"), (",#S G", r"2 fields")])
+def test_malformed_csv_rows(tmp_path, row, message):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("source,question,answer,rating\n,#S G,#SGo,\n" + row + "\n")
+    with pytest.raises(ValueError, match=rf"bad\.csv:3: .*{message}"):
+        read_maze_csv(bad)
+
+
+def test_generator_is_seeded_and_respects_min_path(tmp_path):
+    hashes = []
+    for name in ("a", "b"):
+        args = _parse(["--size", "12", "--min-path-len", "20", "--train-size", "6", "--test-size", "2", "--aug",
+                       "--seed", "3", "--output-dir", str(tmp_path / name)], add_gen_cli_arguments)
+        build_gen_from_args(args)
+        hashes.append(_hash_tree(tmp_path / name))
+    assert hashes[0] == hashes[1]
+    ds = read_split(tmp_path / "a", "train")
+    assert ds.num_puzzles == 48 and ds.metadata.seq_len == 144
+    for inp, lab in zip(np.asarray(ds.inputs), np.asarray(ds.labels)):
+        grid = inp.reshape(12, 12)
+        assert (grid == START).sum() == 1 and (grid == GOAL).sum() == 1 and (grid == WALL).any()
+        assert _assert_label_is_shortest_path(grid, lab) >= 20
+    assert "S" in decode(ds.inputs[0])

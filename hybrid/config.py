@@ -170,6 +170,12 @@ def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
             fail("an integer")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads 3e-4 (no dot) as a string; every user writes it that way.
+            try:
+                return float(value)
+            except ValueError:
+                fail("a number")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             fail("a number")
         return float(value)

@@ -41,6 +41,13 @@ def oracle_root() -> Path:
     return _dir_or_skip("HYBRID_REFERENCE_ORACLES")
 
 
+def pytest_configure(config):
+    import torch
+
+    # One thread: the suite runs on 2 shared cores, where two OpenMP threads per process contend badly.
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     import torch

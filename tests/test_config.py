@@ -107,7 +107,7 @@ def test_split_cli():
 
 def test_every_config_file_loads_and_names_its_launch_command():
     """Every YAML under configs/ loads into the dataclass of the recipe its header launches."""
-    from hybrid.recipes_registry import config_class_for
+    from hybrid.train.config import config_class_for
 
     files = sorted((REPO / "configs").rglob("*.yaml"))
     assert files, "configs/ holds no YAML files"
@@ -118,3 +118,10 @@ def test_every_config_file_loads_and_names_its_launch_command():
         )
         cls = config_class_for(first)
         load_config(cls, path)
+
+
+def test_exponent_without_dot_is_a_number(tmp_path):
+    path = write(tmp_path, "a.yaml", "name: x\noptim:\n  lr: 5e-4\n")
+    assert load_config(Run, path).optim.lr == pytest.approx(5e-4)
+    with pytest.raises(ConfigError, match=r"key 'optim.lr' must be a number, got 'fast'"):
+        load_config(Run, path, ["optim.lr=fast"])

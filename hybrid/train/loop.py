@@ -79,6 +79,9 @@ class LoopParts:
     sparse_embedding: nn.Module | None = None
     evaluators: Callable[[], list[Evaluator]] = list  # a fresh list per evaluation: votes never pool across evals
     config: object = None  # the resolved recipe config, saved with the run
+    # Which state-dict keys checkpoints hold (None: all). Hybrid runs leave out the frozen backbone, which is
+    # rebuilt from its name; a LoRA adapter inside it is kept.
+    checkpoint_keys: Callable[[str], bool] | None = None
 
 
 def _carry_state(carry: ACTCarry | None) -> dict | None:
@@ -242,6 +245,10 @@ class Trainer:
         torch.distributed.all_gather_object(gathered, mine)
         return gathered
 
+    def _model_state(self) -> dict[str, Tensor]:
+        keep = self.parts.checkpoint_keys or (lambda key: True)
+        return {k: v.detach().clone() for k, v in self.reasoner.state_dict().items() if keep(k)}
+
     def save(self) -> Path | None:
         if self.saved_step == self.step:
             return self.last_checkpoint
@@ -260,11 +267,11 @@ class Trainer:
             # model.safetensors holds the weights to evaluate (EMA when enabled, as the official checkpoints do);
             # the raw training weights go into the training state for an exact resume.
             if self.ema is not None:
-                train_state["raw_model"] = {k: v.clone() for k, v in self.reasoner.state_dict().items()}
+                train_state["raw_model"] = self._model_state()
                 with self.ema.apply_to(self.reasoner):
-                    model_state = {k: v.clone() for k, v in self.reasoner.state_dict().items()}
+                    model_state = self._model_state()
             else:
-                model_state = self.reasoner.state_dict()
+                model_state = self._model_state()
             path = save_checkpoint(
                 self.run_dir, self.step, model_state=model_state, train_state=train_state,
                 keep_last=self.ckpt_cfg.keep_last,
@@ -282,7 +289,7 @@ class Trainer:
                 f"(this launch has {self.world_size}) so every rank gets its carry and RNG state back"
             )
         weights = train_state.get("raw_model") or model_state
-        load_model_state(self.reasoner, weights, source=path)
+        load_model_state(self.reasoner, weights, source=path, keys=self.parts.checkpoint_keys)
         self.adam.load_state_dict(train_state["adam"])
         if self.sparse is not None:
             self.sparse.load_state_dict(train_state["sparse"])
@@ -357,9 +364,12 @@ def check_schedule(optim: OptimConfig, total_steps: int) -> None:
         raise UserError(f"training.lr_warmup_steps={optim.lr_warmup_steps} exceeds the run's {total_steps} steps")
 
 
-def load_model_state(model: nn.Module, state: dict[str, Tensor], *, source) -> None:
-    """Load weights, turning a mismatch (another architecture's checkpoint) into a message that lists it."""
-    own = model.state_dict()
+def load_model_state(
+    model: nn.Module, state: dict[str, Tensor], *, source, keys: Callable[[str], bool] | None = None
+) -> None:
+    """Load weights, turning a mismatch (another architecture's checkpoint) into a message that lists it. `keys`
+    selects the state-dict entries a checkpoint is expected to hold (the rest keep their current values)."""
+    own = {k: v for k, v in model.state_dict().items() if keys is None or keys(k)}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -373,7 +383,7 @@ def load_model_state(model: nn.Module, state: dict[str, Tensor], *, source) -> N
         if shapes:
             parts.append("shape mismatches " + "; ".join(shapes[:8]))
         raise UserError(f"{source} does not match this model's architecture: " + ", ".join(parts))
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=keys is None)
 
 
 def _progress(total: int, initial: int, *, enabled: bool):

@@ -1,0 +1,340 @@
+"""Text tasks for hybrid mode, as `datasets.Dataset`s: text Sudoku, multi-hop chain reasoning, and a user's own file.
+
+Every task yields a `text` column plus either `labels` (one label per whitespace-separated word: token level) or
+`label` (one per text: sequence level). `tokenize_dataset` turns words into tokens through the tokenizer's character
+offsets, so the label of a word sits on its first token and the other tokens are ignored (-100); `TextCollator` pads
+tokenized examples into the batch dicts of docs/design.md.
+
+The Sudoku generator is a small seeded one written here (hybrid.data.sudoku does not exist); its puzzles have unique
+solutions.
+"""
+
+import math
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from datasets import Dataset, load_dataset
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+IGNORE_LABEL_ID = -100
+LEVELS = ("token", "sequence")
+
+
+# --- text Sudoku -------------------------------------------------------------------------------------------------
+
+
+def _box_size(n: int) -> int:
+    box = math.isqrt(n)
+    if box * box != n or n < 4 or n > 9:
+        raise ValueError(f"text Sudoku needs n in (4, 9) (a square number of cells per box side <= 9), got n={n}")
+    return box
+
+
+def sudoku_solution(n: int, rng: random.Random) -> list[list[int]]:
+    """A random valid n x n grid (digits 1..n): the canonical pattern under random symmetry-preserving shuffles."""
+    box = _box_size(n)
+
+    def shuffled_lines() -> list[int]:
+        bands = rng.sample(range(box), box)
+        return [band * box + line for band in bands for line in rng.sample(range(box), box)]
+
+    rows, cols = shuffled_lines(), shuffled_lines()
+    digits = rng.sample(range(1, n + 1), n)
+    grid = [[digits[(box * (r % box) + r // box + c) % n] for c in cols] for r in rows]
+    return [list(line) for line in zip(*grid)] if rng.random() < 0.5 else grid
+
+
+def _candidates(grid: list[list[int]], r: int, c: int, n: int, box: int) -> set[int]:
+    used = set(grid[r]) | {grid[i][c] for i in range(n)}
+    r0, c0 = r - r % box, c - c % box
+    used |= {grid[i][j] for i in range(r0, r0 + box) for j in range(c0, c0 + box)}
+    return set(range(1, n + 1)) - used
+
+
+def count_solutions(grid: list[list[int]], limit: int = 2) -> int:
+    """Number of completions of `grid` (0 = blank), counting no further than `limit`."""
+    n = len(grid)
+    box = _box_size(n)
+    blanks = [(r, c) for r in range(n) for c in range(n) if grid[r][c] == 0]
+    if not blanks:
+        return 1
+    # Most constrained cell first keeps the search tiny for 4x4 and fast enough for 9x9.
+    r, c = min(blanks, key=lambda rc: len(_candidates(grid, rc[0], rc[1], n, box)))
+    found = 0
+    for digit in _candidates(grid, r, c, n, box):
+        grid[r][c] = digit
+        found += count_solutions(grid, limit - found)
+        grid[r][c] = 0
+        if found >= limit:
+            break
+    return found
+
+
+def sudoku_puzzle(solution: list[list[int]], num_blanks: int, rng: random.Random) -> list[list[int]]:
+    """Blank cells of `solution` in random order, keeping only removals that leave the solution unique."""
+    n = len(solution)
+    if not 0 < num_blanks < n * n:
+        raise ValueError(f"num_blanks must be in 1..{n * n - 1} for a {n}x{n} Sudoku, got {num_blanks}")
+    puzzle = [list(row) for row in solution]
+    blanks = 0
+    for index in rng.sample(range(n * n), n * n):
+        r, c = divmod(index, n)
+        puzzle[r][c] = 0
+        if count_solutions(puzzle) == 1:
+            blanks += 1
+            if blanks == num_blanks:
+                return puzzle
+        else:
+            puzzle[r][c] = solution[r][c]
+    raise ValueError(f"could not blank {num_blanks} cells of a {n}x{n} Sudoku with a unique solution; ask for fewer")
+
+
+ROW_SEPARATOR = "|"
+
+
+def sudoku_text(puzzle: list[list[int]]) -> str:
+    """Cells separated by spaces, `_` for a blank, rows by ` | ` (not newlines, which some SentencePiece tokenizers
+    drop from their offsets): every cell is its own word (and token)."""
+    return f" {ROW_SEPARATOR} ".join(" ".join(str(d) if d else "_" for d in row) for row in puzzle)
+
+
+def make_text_sudoku(num_examples: int, *, n: int = 4, num_blanks: int = 6, seed: int = 0) -> Dataset:
+    """Token classification with one label per word: solution digit - 1 for every cell (givens and blanks alike, as
+    in the official Sudoku data), -100 for the row separators. num_labels = n."""
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for _ in range(num_examples):
+        solution = sudoku_solution(n, rng)
+        texts.append(sudoku_text(sudoku_puzzle(solution, num_blanks, rng)))
+        word_labels = []
+        for r, row in enumerate(solution):
+            word_labels += ([IGNORE_LABEL_ID] if r else []) + [d - 1 for d in row]
+        labels.append(word_labels)
+    return Dataset.from_dict({"text": texts, "labels": labels})
+
+
+# --- chain reasoning ---------------------------------------------------------------------------------------------
+
+NAMES = (
+    "Mia", "Tom", "Anna", "John", "Paul", "Mark", "Sara", "Lucy", "Emma", "Jack", "Kate", "Ben", "Sam", "Max", "Leo",
+    "Eva", "Tim", "Dan", "Ian", "Amy", "Zoe", "Joe", "Ray", "Ted", "Bob", "Kim", "Roy", "Sue", "Jim", "Ann", "Ryan",
+    "Adam", "Alex", "Nina", "Rose", "Luke", "Owen", "Noah", "Ella", "Lily",
+)  # fmt: skip
+
+
+def make_chain_reasoning(
+    num_examples: int, *, hops: int, extra_links: int = 2, distractor_length: int = 4, seed: int = 0
+) -> Dataset:
+    """Sequence classification (label 1 = yes, 0 = no) needing `hops` facts chained together.
+
+    Each text states a chain of "A is taller than B." facts with `hops + extra_links` links plus a disconnected
+    distractor chain, shuffled, then asks whether one person is taller than another exactly `hops` links down the
+    chain (yes) or up it (no). The asked pair sits at a random place inside the chain, so neither end of the chain
+    gives the answer away. Train on small `hops` and test on larger ones to measure depth extrapolation.
+    """
+    if hops < 1 or extra_links < 0 or distractor_length < 0:
+        raise ValueError(f"need hops >= 1, extra_links >= 0, distractor_length >= 0; got {hops}, {extra_links}, {distractor_length}")
+    chain_length = hops + extra_links + 1
+    if chain_length + distractor_length > len(NAMES):
+        raise ValueError(
+            f"a chain of {chain_length} people plus a distractor chain of {distractor_length} needs more than the "
+            f"{len(NAMES)} names available; lower hops, extra_links or distractor_length"
+        )
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for _ in range(num_examples):
+        people = rng.sample(NAMES, chain_length + distractor_length)
+        chain, distractors = people[:chain_length], people[chain_length:]
+        facts = [f"{a} is taller than {b}." for a, b in zip(chain, chain[1:])]
+        facts += [f"{a} is taller than {b}." for a, b in zip(distractors, distractors[1:])]
+        rng.shuffle(facts)
+        start = rng.randrange(chain_length - hops)
+        taller, shorter = chain[start], chain[start + hops]
+        answer = rng.random() < 0.5
+        first, second = (taller, shorter) if answer else (shorter, taller)
+        texts.append(" ".join(facts) + f" Question: is {first} taller than {second}?")
+        labels.append(int(answer))
+    return Dataset.from_dict({"text": texts, "label": labels})
+
+
+# --- a user's own data -------------------------------------------------------------------------------------------
+
+_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def _is_string(feature) -> bool:
+    return getattr(feature, "dtype", None) in ("string", "large_string")
+
+
+def load_user_dataset(path: str | Path, text_column: str, label_column: str, level: str) -> Dataset:
+    """A CSV / JSON(L) / Parquet file as a task: `text` plus `labels` (token level: a list of labels per
+    whitespace-separated word, or in CSV a string of space-separated ints) or `label` (sequence level: an int, or
+    class names, which become a ClassLabel sorted by name)."""
+    path = Path(path)
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+    if path.suffix not in _FORMATS:
+        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; expected one of {sorted(_FORMATS)}")
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    dataset = load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train")
+    for column in (text_column, label_column):
+        if column not in dataset.column_names:
+            raise ValueError(f"{path}: no column {column!r}; the file has {dataset.column_names}")
+    dataset = dataset.select_columns([text_column, label_column]).rename_column(text_column, "text")
+    if level == "sequence":
+        dataset = dataset.rename_column(label_column, "label")
+        if _is_string(dataset.features["label"]):
+            dataset = dataset.class_encode_column("label")
+        return dataset
+    dataset = dataset.rename_column(label_column, "labels")
+    if _is_string(dataset.features["labels"]):
+
+        def split_ints(example, index):
+            try:
+                return {"labels": [int(v) for v in example["labels"].split()]}
+            except ValueError as error:
+                raise ValueError(f"{path}: example {index}: column {label_column!r} must hold space-separated ints") from error
+
+        dataset = dataset.map(split_ints, with_indices=True)
+    return dataset
+
+
+# --- tokenisation and label alignment ----------------------------------------------------------------------------
+
+
+def align_word_labels(
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    word_labels: list[int],
+    *,
+    index: int,
+    single_token_words: bool = False,
+) -> tuple[list[int], list[int]]:
+    """(input_ids, token labels): each word's label on its first token, -100 elsewhere.
+
+    Raises ValueError naming example `index` when the label count differs from the word count, a token straddles two
+    words, a word got no token, or (with `single_token_words`) a word is split into several tokens.
+    """
+    words = [m.span() for m in re.finditer(r"\S+", text)]
+    if len(word_labels) != len(words):
+        raise ValueError(f"example {index}: {len(word_labels)} labels for {len(words)} whitespace-separated words")
+    encoding = tokenizer(text, return_offsets_mapping=True)
+    labels = [IGNORE_LABEL_ID] * len(encoding["input_ids"])
+    tokens_per_word = [0] * len(words)
+    word = 0
+    for position, (start, end) in enumerate(encoding["offset_mapping"]):
+        if end <= start:
+            continue  # special tokens
+        while word < len(words) and words[word][1] <= start:
+            word += 1
+        # A token that straddles words overlaps the next one too, so two candidates suffice.
+        hit = [w for w in range(word, min(word + 2, len(words))) if words[w][0] < end and start < words[w][1]]
+        if len(hit) > 1:
+            raise ValueError(f"example {index}: token {position} spans words {hit[0]} and {hit[1]}; separate them")
+        if not hit:
+            continue  # a token of whitespace only
+        if tokens_per_word[hit[0]] == 0:
+            labels[position] = word_labels[hit[0]]
+        tokens_per_word[hit[0]] += 1
+    for w, count in enumerate(tokens_per_word):
+        if count == 0:
+            raise ValueError(f"example {index}: word {w} ({text[slice(*words[w])]!r}) got no token")
+        if single_token_words and count > 1:
+            raise ValueError(
+                f"example {index}: word {w} ({text[slice(*words[w])]!r}) is split into {count} tokens by "
+                f"{type(tokenizer).__name__}; this task needs one token per word"
+            )
+    return encoding["input_ids"], labels
+
+
+def tokenize_dataset(
+    dataset: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    level: str,
+    max_length: int | None,
+    single_token_words: bool = False,
+) -> Dataset:
+    """Add `input_ids` and `labels` (token level) or `label` (sequence level). Checks every example before training:
+    a text longer than `max_length` tokens (the backbone's limit; see `backbone_max_length`) is an error, never
+    silently truncated."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+    if not tokenizer.is_fast:
+        raise ValueError(f"{type(tokenizer).__name__} is a slow tokenizer; label alignment needs character offsets")
+    expected = "labels" if level == "token" else "label"
+    if expected not in dataset.column_names:
+        raise ValueError(f"a {level}-level dataset needs a {expected!r} column; it has {dataset.column_names}")
+
+    def encode(example, index):
+        if level == "token":
+            input_ids, labels = align_word_labels(
+                tokenizer, example["text"], example["labels"], index=index, single_token_words=single_token_words
+            )
+            out = {"input_ids": input_ids, "labels": labels}
+        else:
+            out = {"input_ids": tokenizer(example["text"])["input_ids"]}
+        if max_length is not None and len(out["input_ids"]) > max_length:
+            raise ValueError(
+                f"example {index}: {len(out['input_ids'])} tokens, more than the backbone's maximum of {max_length}"
+            )
+        return out
+
+    return dataset.map(encode, with_indices=True)
+
+
+@dataclass
+class TextCollator:
+    """Pads examples (`input_ids`, `labels` or `label`, optionally `features`) into a batch dict.
+
+    pad_to: None pads to the longest example; an int pads every batch to that length, which the ACT training loop
+    needs (a slot keeps its rows across steps, so every batch must have the same shape).
+    """
+
+    pad_token_id: int
+    pad_to: int | None = None
+
+    def __call__(self, examples: list[dict]) -> dict[str, Tensor]:
+        lengths = [len(e["input_ids"]) for e in examples]
+        length = max(lengths) if self.pad_to is None else self.pad_to
+        if max(lengths) > length:
+            raise ValueError(f"an example has {max(lengths)} tokens, more than pad_to={self.pad_to}")
+        batch_size = len(examples)
+        input_ids = torch.full((batch_size, length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros(batch_size, length, dtype=torch.long)
+        for row, (example, n) in enumerate(zip(examples, lengths)):
+            input_ids[row, :n] = torch.as_tensor(example["input_ids"])
+            attention_mask[row, :n] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "labels" in examples[0]:
+            batch["labels"] = torch.full((batch_size, length), IGNORE_LABEL_ID, dtype=torch.long)
+            for row, (example, n) in enumerate(zip(examples, lengths)):
+                batch["labels"][row, :n] = torch.as_tensor(example["labels"])
+        elif "label" in examples[0]:
+            batch["labels"] = torch.as_tensor([e["label"] for e in examples], dtype=torch.long)
+        if "features" in examples[0]:
+            width = examples[0]["features"].shape[-1]
+            batch["features"] = torch.zeros(batch_size, length, width, dtype=examples[0]["features"].dtype)
+            for row, (example, n) in enumerate(zip(examples, lengths)):
+                batch["features"][row, :n] = example["features"]
+        return batch
+
+
+__all__ = [
+    "IGNORE_LABEL_ID",
+    "TextCollator",
+    "align_word_labels",
+    "count_solutions",
+    "load_user_dataset",
+    "make_chain_reasoning",
+    "make_text_sudoku",
+    "sudoku_puzzle",
+    "sudoku_solution",
+    "sudoku_text",
+    "tokenize_dataset",
+]

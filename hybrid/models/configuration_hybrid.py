@@ -1,0 +1,102 @@
+"""Configuration of hybrid mode: a recursive head (TRM / HRM / single-z) on top of any Hugging Face backbone.
+
+The backbone is named by `backbone_name_or_path` (a Hub id or a local folder) and, once a model has been built, its
+config is embedded as `backbone_model_config`, so a checkpoint saved with its backbone weights can be rebuilt without
+reaching the Hub. Field names follow the pure-mode config: `H_cycles` is the paper's T, `L_cycles` its n.
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+DEFAULT_BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
+
+CORES = ("trm", "hrm", "trm_singlez")
+HEADS = ("recursive", "linear", "mlp", "transformer")
+TASKS = ("token", "sequence")
+LOSS_TYPES = ("stablemax_cross_entropy", "softmax_cross_entropy")
+
+
+@strict(accept_kwargs=True)
+class HybridRecursiveConfig(PreTrainedConfig):
+    r"""
+    backbone_name_or_path: Hub id or local folder of the backbone, loaded with `AutoModel` (encoder or decoder-only).
+    backbone_model_config: the backbone's own config, embedded when the model is built (a dict or a config).
+    backbone_layers: indices into the backbone's `hidden_states` (0 = embeddings, -1 = last layer); several layers
+        are concatenated along the feature axis before the projection into the head's width.
+    head: "recursive" (the core below) or a baseline: "linear", "mlp", "transformer" (see `hybrid.models.baselines`).
+    core: "trm", "hrm" or "trm_singlez" (TRM's single-latent ablation).
+    hidden_size, num_heads, expansion, rms_norm_eps: width, attention heads and SwiGLU expansion of the head's blocks.
+    H_cycles, L_cycles: T and n of one supervision step. L_layers: blocks of the TRM network (HRM's L network);
+        H_layers: blocks of HRM's H network (unused by TRM).
+    halt_max_steps, halt_exploration_prob: deep supervision / ACT (spec 2.1). halt_rule: "q_halt" (TRM) or
+        "q_halt_vs_continue" (HRM); None picks the core's own rule.
+    loss_type: "stablemax_cross_entropy" or "softmax_cross_entropy".
+    task: "token" (one label per token) or "sequence" (one label per text); num_labels: output classes.
+    lora_r: 0 keeps the backbone frozen; > 0 trains LoRA adapters of that rank (PEFT) with `lora_alpha` and
+        `lora_target_modules` (None: PEFT's default for the architecture).
+    """
+
+    model_type = "hybrid_recursive"
+    sub_configs_defaults = {
+        "backbone_model_config": SubConfigSpec(config_class=AutoConfig, model_type="bert", optional=True)
+    }
+
+    backbone_name_or_path: str | None = DEFAULT_BACKBONE
+    backbone_model_config: dict | PreTrainedConfig | None = None
+    backbone_layers: list[int] | None = None
+    head: str = "recursive"
+    core: str = "trm"
+    hidden_size: int = 256
+    num_heads: int = 4
+    expansion: float = 4.0
+    rms_norm_eps: float = 1e-5
+    H_cycles: int = 3
+    L_cycles: int = 6
+    L_layers: int = 2
+    H_layers: int = 2
+    halt_max_steps: int = 8
+    halt_exploration_prob: float = 0.1
+    halt_rule: str | None = None
+    loss_type: str = "stablemax_cross_entropy"
+    task: str = "token"
+    lora_r: int = 0
+    lora_alpha: int = 16
+    lora_target_modules: list[str] | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.backbone_layers is None:
+            self.backbone_layers = [-1]
+        choices = {"head": HEADS, "core": CORES, "task": TASKS, "loss_type": LOSS_TYPES}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"HybridRecursiveConfig.{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        if self.halt_rule not in (None, "q_halt", "q_halt_vs_continue"):
+            raise ValueError(f"HybridRecursiveConfig.halt_rule must be None, 'q_halt' or 'q_halt_vs_continue', got {self.halt_rule!r}")
+        if not self.backbone_layers:
+            raise ValueError("HybridRecursiveConfig.backbone_layers must name at least one hidden-state index")
+        if self.backbone_name_or_path is None and self.backbone_model_config is None:
+            raise ValueError(
+                "HybridRecursiveConfig needs backbone_name_or_path (a Hub id or local folder) or backbone_model_config"
+            )
+        positive = ("hidden_size", "num_heads", "H_cycles", "L_cycles", "L_layers", "H_layers", "halt_max_steps")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ValueError(f"HybridRecursiveConfig.{key} must be >= 1, got {getattr(self, key)}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"HybridRecursiveConfig.hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+            )
+        if self.lora_r < 0:
+            raise ValueError(f"HybridRecursiveConfig.lora_r must be >= 0 (0 = frozen backbone), got {self.lora_r}")
+
+    @property
+    def effective_halt_rule(self) -> str:
+        """The ACT halting rule: as configured, else the core's own (HRM compares q_halt with q_continue)."""
+        if self.halt_rule is not None:
+            return self.halt_rule
+        return "q_halt_vs_continue" if self.core == "hrm" and self.head == "recursive" else "q_halt"
+
+
+__all__ = ["HybridRecursiveConfig", "DEFAULT_BACKBONE"]

@@ -1,0 +1,225 @@
+"""The pure grid model of the papers: embeddings -> recursive core (TRM, HRM or single-z) -> lm and Q heads.
+
+Field names of `PureConfig` are the official ones (spec 1.1, 8), so official configs map onto it directly.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from hybrid.core.act import ACT, Batch, Carry, ReasonerOutput
+from hybrid.core.layers import (
+    CastedEmbedding,
+    CastedLinear,
+    CastedSparseEmbedding,
+    ReasoningModule,
+    RotaryEmbedding,
+)
+from hybrid.core.losses import LOSS_FUNCTIONS
+from hybrid.core.recursion import HRMCore, SingleZCore, TRMCore
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FAMILIES = ("trm", "hrm", "trm_singlez")
+POS_ENCODINGS = ("rope", "learned", "none")
+# Learned positions are mixed as (x + pos) / sqrt(2), the official constant.
+LEARNED_POS_SCALE = 0.707106781
+
+
+@dataclass
+class PureConfig:
+    seq_len: int  # grid tokens, without the puzzle prefix
+    vocab_size: int
+    num_puzzle_identifiers: int
+    family: Literal["trm", "hrm", "trm_singlez"] = "trm"
+    H_cycles: int = 3  # T
+    L_cycles: int = 6  # n
+    H_layers: int = 0  # HRM's H network; TRM ignores it
+    L_layers: int = 2
+    hidden_size: int = 512
+    num_heads: int = 8
+    expansion: float = 4.0
+    puzzle_emb_ndim: int = 512
+    puzzle_emb_len: int = 16  # prefix positions P; 0 = ceil(puzzle_emb_ndim / hidden_size)
+    pos_encodings: Literal["rope", "learned", "none"] = "rope"
+    mlp_t: bool = False
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    forward_dtype: str = "bfloat16"
+    halt_max_steps: int = 16
+    halt_exploration_prob: float = 0.1
+    loss_type: str = "stablemax_cross_entropy"
+    no_ACT_continue: bool | None = None  # None: True for TRM families, False for HRM
+
+    def __post_init__(self):
+        def fail(msg: str):
+            raise ValueError(f"PureConfig: {msg}")
+
+        if self.family not in FAMILIES:
+            fail(f"family must be one of {FAMILIES}, got {self.family!r}")
+        if self.pos_encodings not in POS_ENCODINGS:
+            fail(f"pos_encodings must be one of {POS_ENCODINGS}, got {self.pos_encodings!r}")
+        if self.forward_dtype not in DTYPES:
+            fail(f"forward_dtype must be one of {sorted(DTYPES)}, got {self.forward_dtype!r}")
+        if self.loss_type not in LOSS_FUNCTIONS:
+            fail(f"loss_type must be one of {sorted(LOSS_FUNCTIONS)}, got {self.loss_type!r}")
+        for name in ("seq_len", "vocab_size", "num_puzzle_identifiers", "hidden_size", "num_heads", "L_layers"):
+            if getattr(self, name) < 1:
+                fail(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.H_cycles < 1 or self.L_cycles < 1:
+            fail(f"H_cycles and L_cycles must be >= 1, got {self.H_cycles} and {self.L_cycles}")
+        if self.hidden_size % self.num_heads:
+            fail(f"num_heads={self.num_heads} does not divide hidden_size={self.hidden_size}")
+        if self.pos_encodings == "rope" and (self.hidden_size // self.num_heads) % 2:
+            fail(f"rope needs an even head dim, got hidden_size/num_heads = {self.hidden_size // self.num_heads}")
+        if self.puzzle_emb_ndim < 0 or self.puzzle_emb_len < 0:
+            fail(f"puzzle_emb_ndim and puzzle_emb_len must be >= 0, got {self.puzzle_emb_ndim}, {self.puzzle_emb_len}")
+        if self.puzzle_emb_ndim > self.prefix_len * self.hidden_size:
+            fail(
+                f"puzzle_emb_ndim={self.puzzle_emb_ndim} does not fit in puzzle_emb_len={self.puzzle_emb_len} prefix "
+                f"positions of hidden_size={self.hidden_size}"
+            )
+        if self.family == "hrm":
+            if self.H_layers < 1:
+                fail(f"HRM needs H_layers >= 1, got {self.H_layers}")
+            if self.pos_encodings == "none":
+                fail("HRM supports pos_encodings 'rope' or 'learned', not 'none' (the official code rejects it too)")
+        if self.halt_max_steps < 1:
+            fail(f"halt_max_steps must be >= 1, got {self.halt_max_steps}")
+        if not 0.0 <= self.halt_exploration_prob <= 1.0:
+            fail(f"halt_exploration_prob must be in [0, 1], got {self.halt_exploration_prob}")
+        if self.no_ACT_continue is None:
+            self.no_ACT_continue = self.family != "hrm"
+
+    @property
+    def prefix_len(self) -> int:
+        """P, the puzzle-prefix positions in front of the grid tokens."""
+        if self.puzzle_emb_len == 0:
+            return math.ceil(self.puzzle_emb_ndim / self.hidden_size)
+        return self.puzzle_emb_len
+
+    @property
+    def total_len(self) -> int:
+        """S = P + grid tokens: the length of every latent."""
+        return self.prefix_len + self.seq_len
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.forward_dtype]
+
+
+class PureReasoner(nn.Module):
+    """Grid reasoner implementing the reasoner protocol: batch keys `inputs` [B, L], `puzzle_identifiers` [B]."""
+
+    def __init__(self, cfg: PureConfig):
+        super().__init__()
+        self.cfg = cfg
+        D, dtype = cfg.hidden_size, cfg.dtype
+        self.embed_scale = math.sqrt(D)
+        self.embed_tokens = CastedEmbedding(cfg.vocab_size, D, init_std=1 / math.sqrt(D), cast_to=dtype)
+        if cfg.puzzle_emb_ndim > 0:
+            self.puzzle_emb = CastedSparseEmbedding(cfg.num_puzzle_identifiers, cfg.puzzle_emb_ndim, cast_to=dtype)
+        if cfg.pos_encodings == "learned":
+            self.embed_pos = CastedEmbedding(cfg.total_len, D, init_std=1 / math.sqrt(D), cast_to=dtype)
+        rotary = (
+            RotaryEmbedding(D // cfg.num_heads, cfg.total_len, base=cfg.rope_theta) if cfg.pos_encodings == "rope" else None
+        )
+
+        def network(num_layers: int) -> ReasoningModule:
+            return ReasoningModule(
+                num_layers=num_layers,
+                hidden_size=D,
+                num_heads=cfg.num_heads,
+                expansion=cfg.expansion,
+                rms_norm_eps=cfg.rms_norm_eps,
+                mlp_t_seq_len=cfg.total_len if cfg.mlp_t else None,
+            )
+
+        common = dict(hidden_size=D, H_cycles=cfg.H_cycles, L_cycles=cfg.L_cycles, forward_dtype=dtype, rotary=rotary)
+        if cfg.family == "hrm":
+            self.core = HRMCore(H_net=network(cfg.H_layers), L_net=network(cfg.L_layers), **common)
+        elif cfg.family == "trm":
+            self.core = TRMCore(net=network(cfg.L_layers), **common)
+        else:
+            self.core = SingleZCore(net=network(cfg.L_layers), **common)
+
+        self.lm_head = CastedLinear(D, cfg.vocab_size)
+        self.q_head = CastedLinear(D, 2, bias=True)
+        # Start almost never halting: P(halt) = sigmoid(-5) ~ 0.0067 (spec 1.4).
+        with torch.no_grad():
+            self.q_head.weight.zero_()
+            self.q_head.bias.fill_(-5.0)
+
+    def _check_batch(self, batch: Batch):
+        for key in ("inputs", "puzzle_identifiers"):
+            if key not in batch:
+                raise ValueError(f"pure-model batch needs {key!r}; it has {sorted(batch)}")
+        inputs, ids = batch["inputs"], batch["puzzle_identifiers"]
+        if inputs.ndim != 2 or inputs.shape[1] != self.cfg.seq_len:
+            raise ValueError(f"batch['inputs'] must be [B, {self.cfg.seq_len}], got {tuple(inputs.shape)}")
+        if ids.shape != inputs.shape[:1]:
+            raise ValueError(f"batch['puzzle_identifiers'] must be [{inputs.shape[0]}], got {tuple(ids.shape)}")
+        if inputs.numel() and (inputs.min() < 0 or inputs.max() >= self.cfg.vocab_size):
+            raise ValueError(
+                f"batch['inputs'] holds token ids in [{int(inputs.min())}, {int(inputs.max())}], "
+                f"expected [0, {self.cfg.vocab_size - 1}] (vocab_size={self.cfg.vocab_size})"
+            )
+        if ids.numel() and (ids.min() < 0 or ids.max() >= self.cfg.num_puzzle_identifiers):
+            raise ValueError(
+                f"batch['puzzle_identifiers'] holds ids in [{int(ids.min())}, {int(ids.max())}], expected "
+                f"[0, {self.cfg.num_puzzle_identifiers - 1}] (num_puzzle_identifiers={self.cfg.num_puzzle_identifiers})"
+            )
+
+    def input_embeddings(self, inputs: Tensor, puzzle_identifiers: Tensor) -> Tensor:
+        """x = sqrt(D) * [puzzle prefix; token embeddings] (+ learned positions): [B, S, D] in the forward dtype."""
+        cfg, B = self.cfg, inputs.shape[0]
+        x = self.embed_tokens(inputs)
+        P = cfg.prefix_len
+        if P:
+            prefix = x.new_zeros(B, P * cfg.hidden_size)
+            if cfg.puzzle_emb_ndim > 0:
+                prefix[:, : cfg.puzzle_emb_ndim] = self.puzzle_emb(puzzle_identifiers)
+            x = torch.cat([prefix.view(B, P, cfg.hidden_size), x], dim=1)
+        if cfg.pos_encodings == "learned":
+            x = LEARNED_POS_SCALE * (x + self.embed_pos.weight.to(x.dtype))
+        return self.embed_scale * x
+
+    def empty_carry(self, batch: Batch) -> Carry:
+        return self.core.empty_carry(batch["inputs"].shape[0], self.cfg.total_len, batch["inputs"].device)
+
+    def reset_carry(self, reset: Tensor, carry: Carry) -> Carry:
+        return self.core.reset_carry(reset, carry)
+
+    def forward(
+        self, carry: Carry, batch: Batch, *, H_cycles: int | None = None, L_cycles: int | None = None
+    ) -> ReasonerOutput:
+        self._check_batch(batch)
+        x = self.input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
+        z = self.core(carry, x, H_cycles=H_cycles, L_cycles=L_cycles)
+        z_out = z[0]
+        logits = self.lm_head(z_out)[:, self.cfg.prefix_len :]
+        q = self.q_head(z_out[:, 0]).float()
+        return ReasonerOutput(
+            carry=tuple(t.detach() for t in z),
+            logits=logits,
+            q_halt_logits=q[:, 0],
+            q_continue_logits=q[:, 1],
+            z=z,
+        )
+
+
+def build_pure_model(cfg: PureConfig, *, generator: torch.Generator | None = None) -> tuple[PureReasoner, ACT]:
+    """The reasoner and its ACT wrapper: TRM halts on q_halt > 0, HRM (or no_ACT_continue=False) on q_halt >
+    q_continue with the bootstrapped continue target."""
+    reasoner = PureReasoner(cfg)
+    act = ACT(
+        reasoner,
+        halt_max_steps=cfg.halt_max_steps,
+        halt_exploration_prob=cfg.halt_exploration_prob,
+        halt_rule="q_halt" if cfg.no_ACT_continue else "q_halt_vs_continue",
+        compute_target_q=not cfg.no_ACT_continue,
+        generator=generator,
+    )
+    return reasoner, act

@@ -1,0 +1,180 @@
+"""Hybrid models on tiny random backbones of four architectures: forward, training, save / load, Auto classes, LoRA,
+baselines and the ACT loop."""
+
+import pytest
+import torch
+from test_backbones import ARCHITECTURES, tiny_backbones  # noqa: F401  (session fixture)
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+from hybrid.data.text_tasks import TextCollator, make_chain_reasoning, make_text_sudoku, tokenize_dataset
+from hybrid.models.backbones import load_backbone
+from hybrid.models.configuration_hybrid import HybridRecursiveConfig
+from hybrid.models.modeling_hybrid import (
+    HybridRecursiveForSequenceClassification,
+    HybridRecursiveForTokenClassification,
+    hybrid_model_for,
+)
+
+HEAD = dict(hidden_size=32, num_heads=2, H_cycles=2, L_cycles=2, L_layers=1, H_layers=1, halt_max_steps=2)
+
+
+def _config(path, **overrides) -> HybridRecursiveConfig:
+    return HybridRecursiveConfig(backbone_name_or_path=str(path), **{"num_labels": 4, **HEAD, **overrides})
+
+
+def _sudoku_batch(tokenizer, n=4):
+    data = tokenize_dataset(make_text_sudoku(n, n=4, num_blanks=6), tokenizer, level="token", max_length=128)
+    return TextCollator(tokenizer.pad_token_id)(list(data))
+
+
+def _chain_batch(tokenizer, n=4):
+    data = tokenize_dataset(make_chain_reasoning(n, hops=2), tokenizer, level="sequence", max_length=128)
+    return TextCollator(tokenizer.pad_token_id)(list(data))
+
+
+def _assert_backbone_equals_saved(model, folder):
+    saved = AutoModel.from_pretrained(folder).state_dict()
+    for key, value in saved.items():
+        assert torch.equal(model.backbone.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_forward_train_step_and_round_trip(tiny_backbones, arch, tmp_path):
+    folder = tiny_backbones[arch]
+    _, tokenizer = load_backbone(str(folder))
+    batch = _sudoku_batch(tokenizer)
+    model = HybridRecursiveForTokenClassification(_config(folder))
+    _assert_backbone_equals_saved(model, folder)  # construction (post_init) never re-initialises the backbone
+
+    model.train()
+    assert not model.backbone.training
+    out = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
+    assert out.logits.shape == (*batch["input_ids"].shape, 4)
+    out.loss.backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert model.proj.weight.grad.abs().sum() > 0 and model.output.weight.grad.abs().sum() > 0
+
+    model.eval()
+    expected = model(batch["input_ids"], batch["attention_mask"]).logits
+    model.save_pretrained(tmp_path / "head")
+    assert not any("backbone" in key and "lora" not in key for key in _saved_keys(tmp_path / "head"))
+    assert "AutoModelForTokenClassification" in (tmp_path / "head" / "README.md").read_text()
+    loaded = AutoModelForTokenClassification.from_pretrained(tmp_path / "head")
+    assert type(loaded) is HybridRecursiveForTokenClassification
+    torch.testing.assert_close(loaded(batch["input_ids"], batch["attention_mask"]).logits, expected, rtol=0, atol=0)
+    _assert_backbone_equals_saved(loaded, folder)
+
+
+def _saved_keys(folder):
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        return list(f.keys())
+
+
+def test_loss_decreases_with_adam(tiny_backbones):
+    _, tokenizer = load_backbone(str(tiny_backbones["bert"]))
+    batch = _sudoku_batch(tokenizer)
+    model = HybridRecursiveForTokenClassification(_config(tiny_backbones["bert"])).train()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(4):
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_save_backbone_needs_no_backbone_reference(tiny_backbones, tmp_path):
+    _, tokenizer = load_backbone(str(tiny_backbones["gpt2"]))
+    batch = _chain_batch(tokenizer)
+    config = _config(tiny_backbones["gpt2"], task="sequence", num_labels=2, core="hrm")
+    model = HybridRecursiveForSequenceClassification(config).eval()
+    expected = model(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits
+    assert expected.shape == (4, 2)
+    model.save_pretrained(tmp_path / "full", save_backbone=True)
+    reloaded_config = HybridRecursiveConfig.from_pretrained(tmp_path / "full")
+    reloaded_config.backbone_name_or_path = str(tmp_path / "nowhere")  # would fail if the file were not used
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "full", config=reloaded_config)
+    torch.testing.assert_close(loaded(batch["input_ids"], batch["attention_mask"]).logits, expected, rtol=0, atol=0)
+
+
+def test_lora_changes_only_adapter_and_head(tiny_backbones, tmp_path):
+    _, tokenizer = load_backbone(str(tiny_backbones["bert"]))
+    batch = _sudoku_batch(tokenizer)
+    model = HybridRecursiveForTokenClassification(_config(tiny_backbones["bert"], lora_r=4, head="linear")).train()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in trainable)
+    assert all("lora_" in n for n in trainable if n.startswith("backbone."))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(2):  # LoRA B starts at zero, so A only moves from the second step
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= trainable
+    assert any("lora_A" in n for n in changed) and any("lora_B" in n for n in changed)
+    assert "output.weight" in changed
+
+    model.eval()
+    expected = model(batch["input_ids"], batch["attention_mask"]).logits
+    model.save_pretrained(tmp_path / "lora")
+    assert any("lora_" in key for key in _saved_keys(tmp_path / "lora"))
+    loaded = HybridRecursiveForTokenClassification.from_pretrained(tmp_path / "lora")
+    torch.testing.assert_close(loaded(batch["input_ids"], batch["attention_mask"]).logits, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("head", ["linear", "mlp", "transformer"])
+def test_baselines_train_through_the_act_loop(tiny_backbones, head):
+    _, tokenizer = load_backbone(str(tiny_backbones["distilbert"]))
+    batch = _chain_batch(tokenizer)
+    model = hybrid_model_for(_config(tiny_backbones["distilbert"], head=head, task="sequence", num_labels=2))
+    recursive = hybrid_model_for(_config(tiny_backbones["distilbert"], task="sequence", num_labels=2))
+    head_params = sum(p.numel() for p in model.head.parameters())
+    if head == "transformer":  # same blocks as the recursive core (L_layers for TRM)
+        assert head_params == sum(p.numel() for p in recursive.head.parameters())
+    loss_head = model.act_loss_head().train()
+    carry = loss_head.initial_carry(batch)
+    carry, loss, metrics, preds, all_halted = loss_head(carry, batch)
+    assert preds["logits"].shape == (4, 1, 2) and torch.equal(preds["q_halt_logits"], torch.zeros(4))
+    loss.backward()
+    if head != "linear":
+        assert all(p.grad is not None for p in model.head.parameters())
+    assert model.proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("core", ["trm", "hrm", "trm_singlez"])
+def test_act_loop_drives_the_recursive_head(tiny_backbones, core):
+    _, tokenizer = load_backbone(str(tiny_backbones["llama_sentencepiece"]))
+    batch = _sudoku_batch(tokenizer)
+    model = hybrid_model_for(_config(tiny_backbones["llama_sentencepiece"], core=core))
+    loss_head = model.act_loss_head().train()
+    carry = loss_head.initial_carry(batch)
+    for _ in range(model.config.halt_max_steps):
+        carry, loss, metrics, preds, all_halted = loss_head(carry, batch)
+        loss.backward()
+    assert all_halted  # at halt_max_steps every slot halts
+    assert ("q_continue_loss" in metrics) == (core == "hrm")
+    # Cached features give the same step as running the backbone.
+    model.eval()
+    features = model.backbone_features(batch["input_ids"], batch["attention_mask"])
+    live = model.step(model.empty_carry(batch), batch)
+    cached = model.step(model.empty_carry(batch), {**batch, "features": features})
+    torch.testing.assert_close(live.logits, cached.logits)
+
+
+def test_bad_inputs_raise_clear_errors(tiny_backbones, tmp_path):
+    with pytest.raises(ValueError, match="core must be one of"):
+        HybridRecursiveConfig(core="rnn")
+    with pytest.raises(ValueError, match="hidden_size .* divisible by num_heads"):
+        HybridRecursiveConfig(hidden_size=30, num_heads=4)
+    with pytest.raises(ValueError, match="sequence-level model but config.task is 'token'"):
+        HybridRecursiveForSequenceClassification(_config(tiny_backbones["bert"]))
+    with pytest.raises(ValueError, match="no model.safetensors"):
+        HybridRecursiveForTokenClassification.from_pretrained(tmp_path)
+    model = HybridRecursiveForTokenClassification(_config(tiny_backbones["bert"]))
+    with pytest.raises(ValueError, match="unsupported arguments"):
+        model.save_pretrained(tmp_path / "x", safe_serialization=False)

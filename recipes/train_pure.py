@@ -55,27 +55,9 @@ def build_evaluators(cfg: PureTrainConfig, test_root: Path):
         raise UserError(f"eval.evaluators: unknown {sorted(unknown)}; available: arc")
     if not names:
         return list
-    from hybrid.eval.arc import ARCEvaluator
+    from hybrid.eval.arc import ARCLoopEvaluator
 
-    class ARCVotes:
-        """Feeds the final-step predictions of real rows to the ARC voting evaluator (one per evaluation, so votes
-        never pool across checkpoints)."""
-
-        def __init__(self):
-            self.votes = ARCEvaluator(test_root, scoring=cfg.eval.arc_scoring)
-
-        def update(self, batch, outputs, mask):
-            mask = mask.to(batch["inputs"].device)
-            self.votes.update(
-                inputs=batch["inputs"][mask].cpu(), predictions=outputs["preds"][mask].cpu(),
-                puzzle_identifiers=batch["puzzle_identifiers"][mask].cpu(),
-                q_halt_logits=outputs["q_halt_logits"][mask].cpu(),
-            )
-
-        def result(self):
-            return self.votes.result() or {}
-
-    return lambda: [ARCVotes()]
+    return lambda: [ARCLoopEvaluator(test_root, scoring=cfg.eval.arc_scoring)]
 
 
 def main(argv: list[str]) -> None:

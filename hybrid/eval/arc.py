@@ -212,3 +212,24 @@ def _numpy(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().to("cpu", torch.float64 if x.is_floating_point() else torch.int64).numpy()
     return np.asarray(x)
+
+
+class ARCLoopEvaluator:
+    """Adapter from the evaluation loop (`hybrid.eval.loop.evaluate`) to `ARCEvaluator`: feeds the final step's
+    predictions of real rows. Make one per evaluation, so votes never pool across checkpoints."""
+
+    def __init__(self, data_root: str | Path, *, scoring: str, submission_path: str | Path | None = None):
+        self.votes = ARCEvaluator(data_root, scoring=scoring)
+        self.submission_path = submission_path
+
+    def update(self, batch: dict, outputs: dict, mask) -> None:
+        mask = mask.to(batch["inputs"].device)
+        self.votes.update(
+            inputs=batch["inputs"][mask].cpu(),
+            predictions=outputs["preds"][mask].cpu(),
+            puzzle_identifiers=batch["puzzle_identifiers"][mask].cpu(),
+            q_halt_logits=outputs["q_halt_logits"][mask].cpu(),
+        )
+
+    def result(self) -> dict[str, float]:
+        return self.votes.result(submission_path=self.submission_path) or {}

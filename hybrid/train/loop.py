@@ -170,12 +170,15 @@ class Trainer:
     # ---- training --------------------------------------------------------------------------------------------------
 
     def _batches(self) -> Iterator[dict[str, Tensor]]:
+        empty_passes = 0
         while True:
             produced = False
             for batch in self.parts.train_stream:
                 produced = True
                 yield {k: v.to(self.device) for k, v in batch.items()}
-            if not produced:
+            # A stream resumed right at the end of a pass yields nothing once, then starts the next pass.
+            empty_passes = 0 if produced else empty_passes + 1
+            if empty_passes == 2:
                 raise UserError("the training data produced no batch; is the dataset smaller than one global batch?")
 
     def _set_lr(self) -> float:

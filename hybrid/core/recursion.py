@@ -18,6 +18,8 @@ class _RecursiveCore(nn.Module):
 
     # Name of each carried latent's init vector, in carry order.
     init_names: tuple[str, ...] = ()
+    # The reasoning networks a core is built from, passed in as keyword arguments (components in, not looked up).
+    network_names: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -25,10 +27,15 @@ class _RecursiveCore(nn.Module):
         hidden_size: int,
         H_cycles: int,
         L_cycles: int,
-        forward_dtype: torch.dtype,
-        rotary: RotaryEmbedding | None,
+        forward_dtype: torch.dtype = torch.float32,
+        rotary: RotaryEmbedding | None = None,
+        **networks: ReasoningModule,
     ):
         super().__init__()
+        if set(networks) != set(self.network_names):
+            raise TypeError(f"{type(self).__name__} takes the networks {self.network_names}, got {tuple(networks)}")
+        for name in self.network_names:
+            setattr(self, name, networks[name])
         self.H_cycles, self.L_cycles = self._checked_cycles(H_cycles, L_cycles)
         self.hidden_size = hidden_size
         self.rotary = rotary
@@ -78,21 +85,7 @@ class TRMCore(_RecursiveCore):
     """
 
     init_names = ("H_init", "L_init")
-
-    def __init__(
-        self,
-        *,
-        net: ReasoningModule,
-        hidden_size: int,
-        H_cycles: int,
-        L_cycles: int,
-        forward_dtype: torch.dtype = torch.float32,
-        rotary: RotaryEmbedding | None = None,
-    ):
-        super().__init__(
-            hidden_size=hidden_size, H_cycles=H_cycles, L_cycles=L_cycles, forward_dtype=forward_dtype, rotary=rotary
-        )
-        self.net = net
+    network_names = ("net",)
 
     def _cycle(self, z_H, z_L, x, n, rope, attn_mask):
         for _ in range(n):
@@ -125,23 +118,7 @@ class HRMCore(_RecursiveCore):
     """
 
     init_names = ("H_init", "L_init")
-
-    def __init__(
-        self,
-        *,
-        H_net: ReasoningModule,
-        L_net: ReasoningModule,
-        hidden_size: int,
-        H_cycles: int,
-        L_cycles: int,
-        forward_dtype: torch.dtype = torch.float32,
-        rotary: RotaryEmbedding | None = None,
-    ):
-        super().__init__(
-            hidden_size=hidden_size, H_cycles=H_cycles, L_cycles=L_cycles, forward_dtype=forward_dtype, rotary=rotary
-        )
-        self.H_net = H_net
-        self.L_net = L_net
+    network_names = ("H_net", "L_net")
 
     def forward(
         self,
@@ -173,21 +150,7 @@ class SingleZCore(_RecursiveCore):
     """
 
     init_names = ("L_init",)
-
-    def __init__(
-        self,
-        *,
-        net: ReasoningModule,
-        hidden_size: int,
-        H_cycles: int,
-        L_cycles: int,
-        forward_dtype: torch.dtype = torch.float32,
-        rotary: RotaryEmbedding | None = None,
-    ):
-        super().__init__(
-            hidden_size=hidden_size, H_cycles=H_cycles, L_cycles=L_cycles, forward_dtype=forward_dtype, rotary=rotary
-        )
-        self.net = net
+    network_names = ("net",)
 
     def _cycle(self, z, x, n, rope, attn_mask):
         for _ in range(n):

@@ -450,7 +450,7 @@ def _generate_chunk(job: tuple[int, int, int, int, int, int, int]) -> tuple[np.n
 
 def generate_puzzles(
     count: int, *, box_rows: int, box_cols: int, givens: int, min_effort: int = 0, seed: int = 0, first_index: int = 0,
-    workers: int = 1, desc: str = "sudoku-gen",
+    workers: int = 1, desc: str | None = "sudoku-gen",
 ) -> tuple[np.ndarray, np.ndarray]:
     """[count, n*n] puzzles and solutions; puzzle i depends only on (seed, first_index + i)."""
     chunk = 256
@@ -458,7 +458,7 @@ def generate_puzzles(
         (box_rows, box_cols, givens, min_effort, seed, s, min(s + chunk, first_index + count))
         for s in range(first_index, first_index + count, chunk)
     ]
-    bar = tqdm(total=count, desc=desc)
+    bar = tqdm(total=count, desc=desc, disable=desc is None)  # desc=None: no progress bar
     parts = []
     with Pool(workers) if workers > 1 else _Serial() as pool:
         for q, a in pool.imap(_generate_chunk, jobs):

@@ -5,11 +5,10 @@ Every task yields a `text` column plus either `labels` (one label per whitespace
 offsets, so the label of a word sits on its first token and the other tokens are ignored (-100); `TextCollator` pads
 tokenized examples into the batch dicts of docs/design.md.
 
-The Sudoku generator is a small seeded one written here (hybrid.data.sudoku does not exist); its puzzles have unique
-solutions.
+Sudoku puzzles come from the grid generator in `hybrid.data.sudoku` (unique solutions, seeded), so text and grid
+experiments draw from the same distribution.
 """
 
-import math
 import random
 import re
 from dataclasses import dataclass
@@ -20,77 +19,13 @@ from datasets import Dataset, load_dataset
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from hybrid.data.sudoku import BOXES, generate_puzzles
+
 IGNORE_LABEL_ID = -100
 LEVELS = ("token", "sequence")
 
 
 # --- text Sudoku -------------------------------------------------------------------------------------------------
-
-
-def _box_size(n: int) -> int:
-    box = math.isqrt(n)
-    if box * box != n or n < 4 or n > 9:
-        raise ValueError(f"text Sudoku needs n in (4, 9) (a square number of cells per box side <= 9), got n={n}")
-    return box
-
-
-def sudoku_solution(n: int, rng: random.Random) -> list[list[int]]:
-    """A random valid n x n grid (digits 1..n): the canonical pattern under random symmetry-preserving shuffles."""
-    box = _box_size(n)
-
-    def shuffled_lines() -> list[int]:
-        bands = rng.sample(range(box), box)
-        return [band * box + line for band in bands for line in rng.sample(range(box), box)]
-
-    rows, cols = shuffled_lines(), shuffled_lines()
-    digits = rng.sample(range(1, n + 1), n)
-    grid = [[digits[(box * (r % box) + r // box + c) % n] for c in cols] for r in rows]
-    return [list(line) for line in zip(*grid)] if rng.random() < 0.5 else grid
-
-
-def _candidates(grid: list[list[int]], r: int, c: int, n: int, box: int) -> set[int]:
-    used = set(grid[r]) | {grid[i][c] for i in range(n)}
-    r0, c0 = r - r % box, c - c % box
-    used |= {grid[i][j] for i in range(r0, r0 + box) for j in range(c0, c0 + box)}
-    return set(range(1, n + 1)) - used
-
-
-def count_solutions(grid: list[list[int]], limit: int = 2) -> int:
-    """Number of completions of `grid` (0 = blank), counting no further than `limit`."""
-    n = len(grid)
-    box = _box_size(n)
-    blanks = [(r, c) for r in range(n) for c in range(n) if grid[r][c] == 0]
-    if not blanks:
-        return 1
-    # Most constrained cell first keeps the search tiny for 4x4 and fast enough for 9x9.
-    r, c = min(blanks, key=lambda rc: len(_candidates(grid, rc[0], rc[1], n, box)))
-    found = 0
-    for digit in _candidates(grid, r, c, n, box):
-        grid[r][c] = digit
-        found += count_solutions(grid, limit - found)
-        grid[r][c] = 0
-        if found >= limit:
-            break
-    return found
-
-
-def sudoku_puzzle(solution: list[list[int]], num_blanks: int, rng: random.Random) -> list[list[int]]:
-    """Blank cells of `solution` in random order, keeping only removals that leave the solution unique."""
-    n = len(solution)
-    if not 0 < num_blanks < n * n:
-        raise ValueError(f"num_blanks must be in 1..{n * n - 1} for a {n}x{n} Sudoku, got {num_blanks}")
-    puzzle = [list(row) for row in solution]
-    blanks = 0
-    for index in rng.sample(range(n * n), n * n):
-        r, c = divmod(index, n)
-        puzzle[r][c] = 0
-        if count_solutions(puzzle) == 1:
-            blanks += 1
-            if blanks == num_blanks:
-                return puzzle
-        else:
-            puzzle[r][c] = solution[r][c]
-    raise ValueError(f"could not blank {num_blanks} cells of a {n}x{n} Sudoku with a unique solution; ask for fewer")
 
 
 ROW_SEPARATOR = "|"
@@ -105,11 +40,17 @@ def sudoku_text(puzzle: list[list[int]]) -> str:
 def make_text_sudoku(num_examples: int, *, n: int = 4, num_blanks: int = 6, seed: int = 0) -> Dataset:
     """Token classification with one label per word: solution digit - 1 for every cell (givens and blanks alike, as
     in the official Sudoku data), -100 for the row separators. num_labels = n."""
-    rng = random.Random(seed)
+    if n not in BOXES:
+        raise ValueError(f"text Sudoku supports n in {sorted(BOXES)} (boxes {BOXES}), got n={n}")
+    if not 0 < num_blanks < n * n:
+        raise ValueError(f"num_blanks must be in 1..{n * n - 1} for a {n}x{n} Sudoku, got {num_blanks}")
+    box_rows, box_cols = BOXES[n]
+    puzzles, solutions = generate_puzzles(
+        num_examples, box_rows=box_rows, box_cols=box_cols, givens=n * n - num_blanks, seed=seed, desc=None
+    )
     texts, labels = [], []
-    for _ in range(num_examples):
-        solution = sudoku_solution(n, rng)
-        texts.append(sudoku_text(sudoku_puzzle(solution, num_blanks, rng)))
+    for puzzle, solution in zip(puzzles.reshape(-1, n, n).tolist(), solutions.reshape(-1, n, n).tolist()):
+        texts.append(sudoku_text(puzzle))
         word_labels = []
         for r, row in enumerate(solution):
             word_labels += ([IGNORE_LABEL_ID] if r else []) + [d - 1 for d in row]
@@ -329,12 +270,9 @@ __all__ = [
     "IGNORE_LABEL_ID",
     "TextCollator",
     "align_word_labels",
-    "count_solutions",
     "load_user_dataset",
     "make_chain_reasoning",
     "make_text_sudoku",
-    "sudoku_puzzle",
-    "sudoku_solution",
     "sudoku_text",
     "tokenize_dataset",
 ]

@@ -76,3 +76,34 @@ def test_two_processes_equal_one(tmp_path):
     for key, value in fresh.state_dict().items():
         moved += not torch.equal(value, one[key])
     assert moved > 5
+
+
+@pytest.mark.multiprocess
+def test_hybrid_two_processes_equal_one(tmp_path):
+    """The hybrid recipe on the same loop: 2 ranks with half the batch each end with one rank's weights."""
+    from test_backbones import make_tiny_backbone
+
+    bert = make_tiny_backbone("bert", tmp_path / "bert")
+    common = [
+        "--config", str(REPO / "configs" / "hybrid" / "default.yaml"), f"model.backbone={bert}", "run.trackers=[]",
+        "run.progress_bar=false", "model.hidden_size=32", "model.num_heads=2", "model.L_layers=1",
+        "model.halt_max_steps=2", "model.halt_exploration_prob=0.0", "task.num_train=64", "task.num_test=16",
+        "training.global_batch_size=16", "training.total_steps=6", "training.lr_warmup_steps=2", "eval.interval=0",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    weights = {}
+    for name, launcher in {
+        "one": [sys.executable],
+        "two": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    }.items():
+        out = tmp_path / name
+        proc = subprocess.run(
+            [*launcher, str(REPO / "recipes" / "train_hybrid.py"), *common, f"run.output_dir={out}"],
+            env=env, capture_output=True, text=True, timeout=600, cwd=REPO,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"on {1 if name == 'one' else 2} process(es)" in proc.stderr
+        weights[name] = load_file(out / "checkpoints" / "step_00000006" / "model.safetensors")
+    assert weights["one"].keys() == weights["two"].keys()
+    for key in weights["one"]:
+        torch.testing.assert_close(weights["two"][key], weights["one"][key], rtol=1e-5, atol=1e-6, msg=key)

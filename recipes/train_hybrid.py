@@ -66,8 +66,9 @@ def make_task(cfg: HybridTrainConfig):
     return train, {"test": test}, t.level, num_labels, False
 
 
-def prepare_examples(cfg, datasets: dict, tokenizer, backbone, level, single_token_words):
-    """Tokenise (with every check done before training) and attach cached backbone features when asked."""
+def prepare_examples(cfg, datasets: dict, tokenizer, backbone, level, single_token_words, *, keep_tokenized=None):
+    """Tokenise (with every check done before training) and attach cached backbone features when asked.
+    `keep_tokenized` (a dict) receives the tokenized sets without features."""
     limit = backbone_max_length(backbone.config, tokenizer)
     out = {}
     cache = None
@@ -82,6 +83,8 @@ def prepare_examples(cfg, datasets: dict, tokenizer, backbone, level, single_tok
         except ValueError as err:
             raise UserError(f"task {cfg.task.name}, {name} set: {err}") from None
         out[name] = cache.attach(tokenized) if cache is not None else tokenized
+        if keep_tokenized is not None:
+            keep_tokenized[name] = tokenized
     if cache is not None:
         log.info(f"feature cache: {cache.misses} computed, {cache.hits} reused")
     return out
@@ -107,7 +110,9 @@ def main(argv: list[str]) -> None:
         lora_r=m.lora_r, lora_alpha=m.lora_alpha, lora_target_modules=m.lora_target_modules,
     )
     model = hybrid_model_for(model_config, backbone=backbone)
-    examples = prepare_examples(cfg, {"train": train_raw, **tests_raw}, tokenizer, backbone, level, one_token)
+    tokenized: dict = {}
+    examples = prepare_examples(cfg, {"train": train_raw, **tests_raw}, tokenizer, backbone, level, one_token,
+                                keep_tokenized=tokenized)
     train = examples.pop("train")
     pad_to = max(len(examples_set[i]["input_ids"]) for examples_set in (train, *examples.values())
                  for i in range(len(examples_set)))
@@ -163,6 +168,9 @@ def main(argv: list[str]) -> None:
         if accelerator.is_main_process:
             model.save_pretrained(run_dir / "model", save_backbone=cfg.save_backbone)
             tokenizer.save_pretrained(run_dir / "model")
+            # The held-out sets, tokenized, for the research tools (recipes/depth_sweep.py --data run/data/<set>).
+            for name in examples:
+                tokenized[name].save_to_disk(str(run_dir / "data" / name))
     if accelerator.is_main_process:
         summary = {
             "head": m.head, "core": m.core, "H_cycles": m.H_cycles, "L_cycles": m.L_cycles,

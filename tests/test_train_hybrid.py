@@ -55,6 +55,9 @@ def test_trains_exports_and_reloads_with_the_same_results(tmp_path, bert):
     train_hybrid.main(overrides(bert, out))
     results = json.loads((out / "results.json").read_text())
     assert results["head"] == "recursive" and results["trainable_parameters"] > 0
+    from datasets import load_from_disk
+
+    assert len(load_from_disk(str(out / "data" / "test"))) == 24  # the tokenized held-out set, for research tools
 
     model = AutoModelForTokenClassification.from_pretrained(out / "model")
     tokenizer = AutoTokenizer.from_pretrained(out / "model")

@@ -92,8 +92,12 @@ def _draw(ax, grid: np.ndarray, kind: str, title: str, extent: tuple[int, int], 
     ax.grid(which="minor", color="#b0b0b0", linewidth=0.3 if max(h, w) > 12 else 0.8)
     ax.tick_params(which="minor", length=0)
     if kind == "sudoku":
-        for k in range(0, 10, 3):  # box borders
+        from hybrid.data.sudoku import BOXES
+
+        box_rows, box_cols = BOXES.get(h, (h, w))  # 4x4: 2x2 boxes, 6x6: 2x3, 9x9: 3x3
+        for k in range(0, h + 1, box_rows):
             ax.axhline(k - 0.5, color="black", linewidth=2)
+        for k in range(0, w + 1, box_cols):
             ax.axvline(k - 0.5, color="black", linewidth=2)
         for (r, c), token in np.ndenumerate(grid):
             if token >= 2:

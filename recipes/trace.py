@@ -1,0 +1,108 @@
+"""Reasoning traces of chosen examples: the prediction after every supervision step and how far z_H / z_L move.
+
+    python recipes/trace.py --checkpoint runs/sudoku4x4 --data data_build/sudoku4x4 --kind sudoku --examples 0 1 2 \\
+        --steps 16 --format gif --out runs/sudoku4x4/traces
+    python recipes/trace.py --checkpoint my_hybrid_model --data my_tokenized_test_set --examples 0 1
+
+Writes to --out: trace.json (per example and step: q_halt, all right, wrong tokens, latent changes), changes.png, and
+per example a PNG strip / GIF (grid tasks, --kind sudoku|maze|arc) or an HTML token table (hybrid text tasks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from hybrid.eval.depth import load_research_model, research_batches
+from hybrid.eval.pictures import KINDS
+from hybrid.eval.traces import (
+    plot_changes,
+    record_trace,
+    render_grid_trace,
+    render_token_table,
+)
+from hybrid.utils import UserError, get_logger, run_main
+
+log = get_logger("hybrid.trace")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--checkpoint", required=True, type=Path, help="pure run / checkpoint folder, or hybrid model folder"
+    )
+    parser.add_argument("--data", required=True, type=Path)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--examples", type=int, nargs="+", default=[0, 1, 2, 3], help="indices into the split")
+    parser.add_argument("--steps", type=int, default=None, help="supervision steps (default: the trained number)")
+    parser.add_argument("--H-cycles", type=int, default=None, help="override T")
+    parser.add_argument("--L-cycles", type=int, default=None, help="override n")
+    parser.add_argument("--kind", choices=KINDS, default=None, help="grid kind of a pure model's data")
+    parser.add_argument("--format", choices=("png", "gif"), default="png", help="grid traces: strip or animation")
+    parser.add_argument("--out", type=Path, default=Path("traces"))
+    return parser.parse_args(argv)
+
+
+def pick_examples(model, args) -> dict[int, dict[str, torch.Tensor]]:
+    """Example index -> a one-row batch (text examples differ in length, so each is traced on its own)."""
+    wanted, found, start = set(args.examples), {}, 0
+    for batch, mask in research_batches(model, args.data, global_batch_size=256, split=args.split):
+        for row in range(int(mask.sum())):
+            if start + row in wanted:
+                found[start + row] = {k: v[row : row + 1] for k, v in batch.items()}
+        start += int(mask.sum())
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise UserError(f"--examples {missing} are outside the {start} examples of {args.data} ({args.split})")
+    return found
+
+
+def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A one-row text batch without its padding positions."""
+    if "attention_mask" not in batch:
+        return batch
+    length = int(batch["attention_mask"].sum())
+    return {k: v[:, :length] if v.ndim >= 2 else v for k, v in batch.items()}  # sequence labels [1] stay
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    if not args.checkpoint.exists():
+        raise UserError(f"--checkpoint {args.checkpoint} does not exist")
+    if not args.data.is_dir():
+        raise UserError(f"--data {args.data} is not a folder")
+    model = load_research_model(args.checkpoint)
+    if model.kind == "pure" and args.kind is None:
+        raise UserError(f"--kind ({', '.join(KINDS)}) is needed to draw the grids of a pure model")
+    steps = args.steps or model.trained_steps
+    cycles = {k: v for k, v in (("H_cycles", args.H_cycles), ("L_cycles", args.L_cycles)) if v is not None}
+    tokenizer = None
+    if model.kind == "hybrid":
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model.backbone)
+
+    summary, changes = {}, {}
+    for index, batch in sorted(pick_examples(model, args).items()):
+        trace = record_trace(model.loss_head, trim_padding(batch), steps=steps, **cycles)
+        summary[index] = trace.to_dict(0)
+        for name, change in trace.changes.items():
+            changes.setdefault(name, []).append(change)
+        if model.kind == "pure":
+            path = render_grid_trace(trace, 0, args.kind, args.out / f"example_{index}.{args.format}")
+        else:
+            tokens = tokenizer.convert_ids_to_tokens(trace.batch["input_ids"][0].tolist())
+            path = render_token_table(trace, 0, tokens, args.out / f"example_{index}.html")
+        right = [s + 1 for s, ok in enumerate(summary[index]["correct"]) if ok]
+        log.info(f"example {index}: right at steps {right or 'none'}; wrote {path}")
+    plot_changes({name: torch.cat(values, dim=1) for name, values in changes.items()}, args.out / "changes.png")
+    meta = {"checkpoint": str(model.source), "steps": steps, **cycles}
+    (args.out / "trace.json").write_text(json.dumps({**meta, "examples": summary}, indent=1))
+    log.info(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -64,8 +64,8 @@ class RunDir:
             raise RunDirError(f"run folder {path} is not empty and holds no previous run ({RUN_MARKER} missing); "
                               "choose a new or empty folder")
         if holds_run and not (overwrite or resume):
-            raise RunExistsError(f"run folder {path} already holds a previous run; pass overwrite=true to delete it "
-                                 "and start again, or resume=auto to continue from its latest checkpoint")
+            raise RunExistsError(f"run folder {path} already holds a previous run; pass run.overwrite=true to delete it "
+                                 "and start again, or run.resume=auto to continue from its latest checkpoint")
         if holds_run and overwrite:
             shutil.rmtree(path)
 

@@ -23,7 +23,7 @@ HEADS = {
     "transformer": ["model.head=transformer"],
     "mlp": ["model.head=mlp"],
     "linear": ["model.head=linear"],
-    "lora+linear": ["model.head=linear", "model.lora_r=8", "feature_cache=off"],
+    "lora+linear": ["model.head=linear", "model.lora_r=8", "feature_cache=none"],
 }
 
 
@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--task", choices=sorted(TASKS), required=True)
     parser.add_argument("--heads", nargs="+", choices=list(HEADS), default=list(HEADS))
     parser.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for every run")
+    parser.add_argument("--reuse", action="store_true", help="keep a head's finished run (its results.json) instead "
+                        "of training it again; only for runs made with the same config and overrides")
     args = parser.parse_args()
 
     recipe = load_recipe()
@@ -61,7 +63,8 @@ def main() -> None:
         run_dir = out / head.replace("+", "_")
         overrides = [f"run.output_dir={run_dir}", "run.overwrite=true", "run.progress_bar=false", *HEADS[head],
                      *args.set]
-        recipe.main(["--config", str(TASKS[args.task]), *overrides])
+        if not (args.reuse and (run_dir / "results.json").is_file()):
+            recipe.main(["--config", str(TASKS[args.task]), *overrides])
         result = json.loads((run_dir / "results.json").read_text())
         result["head"] = head
         rows.append(result)

@@ -72,7 +72,7 @@ def prepare_examples(cfg, datasets: dict, tokenizer, backbone, level, single_tok
     limit = backbone_max_length(backbone.config, tokenizer)
     out = {}
     cache = None
-    if cfg.feature_cache != "off":
+    if cfg.feature_cache != "none":
         cache_dir = cfg.cache_dir if cfg.feature_cache == "disk" else None
         cache = FeatureCache(backbone, tokenizer, layers=cfg.model.backbone_layers, backbone_name=cfg.model.backbone,
                              cache_dir=cache_dir)

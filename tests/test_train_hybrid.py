@@ -94,8 +94,18 @@ def test_bad_input_fails_before_anything_is_written(tmp_path, bert):
     out = tmp_path / "run"
     with pytest.raises(UserError, match="backbone 'no/such-model' is not a local folder"):
         train_hybrid.main(overrides("no/such-model", out))
-    with pytest.raises(ConfigError, match="feature_cache=off"):
+    with pytest.raises(ConfigError, match="feature_cache=none"):
         train_hybrid.main(overrides(bert, out, **{"model.lora_r": 4}))
     with pytest.raises(UserError, match="task.name=user needs task.train_file"):
         train_hybrid.main(overrides(bert, out, **{"task.name": "user"}))
     assert not out.exists()
+
+
+def test_lora_run_through_the_recipe_keeps_the_adapter(tmp_path, bert):
+    """LoRA needs the cache off; the value is "none" because YAML reads `off` as false (the bug this guards)."""
+    out = tmp_path / "run"
+    train_hybrid.main(overrides(bert, out, steps=2, **{"model.lora_r": 4, "model.head": "linear",
+                                                      "feature_cache": "none", "training.lr_warmup_steps": 1}))
+    saved = load_file(out / "checkpoints" / "step_00000002" / "model.safetensors")
+    adapters = [k for k in saved if "lora_" in k]
+    assert adapters and not [k for k in saved if k.startswith("backbone.") and "lora_" not in k]

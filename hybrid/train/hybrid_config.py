@@ -64,11 +64,11 @@ class HybridTrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     # Frozen backbones: compute each example's features once ("memory", or "disk" under cache_dir) instead of at
-    # every supervision step and epoch. Must be "off" with LoRA (the backbone then changes while training).
-    feature_cache: Literal["memory", "disk", "off"] = "memory"
+    # every supervision step and epoch. Must be "none" with LoRA (the backbone then changes while training).
+    feature_cache: Literal["memory", "disk", "none"] = "memory"  # not "off": YAML reads off as false
     cache_dir: str = ".cache/hybrid-features"
     save_backbone: bool = False  # the exported model folder holds the backbone weights too
 
     def __post_init__(self):
-        if self.model.lora_r > 0 and self.feature_cache != "off":
-            raise ValueError("model.lora_r > 0 trains the backbone, so its features cannot be cached: set feature_cache=off")
+        if self.model.lora_r > 0 and self.feature_cache != "none":
+            raise ValueError("model.lora_r > 0 trains the backbone, so its features cannot be cached: set feature_cache=none")

@@ -15,6 +15,8 @@ trains them with halt_max_steps = 1.
 LoRA fine-tuning with a linear head is head="linear" with lora_r > 0 in the config.
 """
 
+import abc
+
 import torch
 from torch import Tensor, nn
 
@@ -72,7 +74,7 @@ class RecursiveHead(nn.Module):
         return self.core(carry, x, attn_mask, **cycles)
 
 
-class _StatelessHead(nn.Module):
+class _StatelessHead(nn.Module, abc.ABC):
     """A baseline: a trivial carry (one zero latent, ignored) and constant Q logits."""
 
     learns_halting = False
@@ -92,8 +94,9 @@ class _StatelessHead(nn.Module):
             raise ValueError(f"a {type(self).__name__} has no cycles to override, got {sorted(cycles)}")
         return (self.transform(x, attn_mask),)
 
+    @abc.abstractmethod
     def transform(self, x: Tensor, attn_mask: Tensor) -> Tensor:
-        raise NotImplementedError
+        """[B, S, D] -> [B, S, D]: the head's single, non-recursive pass."""
 
 
 def pool_into_register(z: Tensor, attn_mask: Tensor) -> Tensor:

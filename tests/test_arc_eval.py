@@ -192,7 +192,6 @@ def _gather_worker(rank, world, init_file, arc_root, plan_parts, results):
         dist.destroy_process_group()
 
 
-@pytest.mark.slow  # about 12 s on 2 cores: two fresh interpreters import torch
 @pytest.mark.multiprocess
 def test_two_ranks_gather_to_rank_zero(arc_root, test_rows, tmp_path):
     # Each rank holds half of the votes; apart they would rank differently (A0's truth only wins with both halves).

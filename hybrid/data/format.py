@@ -14,6 +14,7 @@ Folders written here load unchanged in the official `puzzle_dataset.py` (same fi
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -243,3 +244,21 @@ def atomic_output_dir(path: Path, *, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(old)
     else:
         os.replace(tmp, path)
+
+
+HUB_CSV_HEADER = ["source", "question", "answer", "rating"]
+
+
+def iter_hub_csv(path: Path) -> Iterator[tuple[str, list[str]]]:
+    """(where, row) for every row of a Hub puzzle CSV (`source,question,answer,rating`: Sudoku-Extreme, Maze-Hard),
+    after checking the header and the field count; `where` is `file:line` for error messages."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header != HUB_CSV_HEADER:
+            raise ValueError(f"{path}:1: header {header}, expected {HUB_CSV_HEADER}")
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if len(row) != 4:
+                raise ValueError(f"{where}: {len(row)} fields, expected 4 ({','.join(HUB_CSV_HEADER)})")
+            yield where, row

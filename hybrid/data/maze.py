@@ -7,19 +7,19 @@ all puzzle identifiers 0. The label is the input with one shortest start-goal pa
 from __future__ import annotations
 
 import argparse
-import csv
 from collections import deque
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from hybrid.data.format import DatasetMetadata, atomic_output_dir, read_split, write_identifiers, write_split
+from hybrid.data.format import (
+    DatasetMetadata, atomic_output_dir, iter_hub_csv, read_split, write_identifiers, write_split,
+)
 
 HUB_REPO = "sapientinc/maze-30x30-hard-1k"
 CHARSET = "# SGo"
 WALL, OPEN, START, GOAL, PATH = range(1, 6)
-CSV_HEADER = ["source", "question", "answer", "rating"]
 
 
 def dihedral(grid: np.ndarray, t: int) -> np.ndarray:
@@ -60,20 +60,12 @@ def decode(ids: np.ndarray) -> str:
 def read_maze_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Hub layout `source,question,answer,rating` -> (inputs, labels) as [N, k*k] uint8 ids."""
     inputs, labels = [], []
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header != CSV_HEADER:
-            raise ValueError(f"{path}:1: header {header}, expected {CSV_HEADER}")
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            if len(row) != 4:
-                raise ValueError(f"{where}: {len(row)} fields, expected 4 ({','.join(CSV_HEADER)})")
-            q, a = encode(row[1], where), encode(row[2], where)
-            if q.shape != a.shape or (inputs and q.shape != inputs[0].shape):
-                raise ValueError(f"{where}: question/answer sizes {q.size}/{a.size} differ from the file's first maze")
-            inputs.append(q)
-            labels.append(a)
+    for where, row in iter_hub_csv(path):
+        q, a = encode(row[1], where), encode(row[2], where)
+        if q.shape != a.shape or (inputs and q.shape != inputs[0].shape):
+            raise ValueError(f"{where}: question/answer sizes {q.size}/{a.size} differ from the file's first maze")
+        inputs.append(q)
+        labels.append(a)
     if not inputs:
         raise ValueError(f"{path}: no mazes")
     return np.stack(inputs), np.stack(labels)

@@ -7,7 +7,6 @@ Boards are int arrays of n*n cells, 0 = blank, 1..n = digits. On disk a cell is 
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import random
 from dataclasses import dataclass
@@ -17,10 +16,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from hybrid.data.format import DatasetMetadata, atomic_output_dir, write_identifiers, write_split
+from hybrid.data.format import DatasetMetadata, atomic_output_dir, iter_hub_csv, write_identifiers, write_split
 
 HUB_REPO = "sapientinc/sudoku-extreme"
-CSV_HEADER = ["source", "question", "answer", "rating"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -59,26 +57,17 @@ def _parse_cells(text: str, *, blanks: str, where: str, what: str) -> np.ndarray
 def read_sudoku_csv(path: Path) -> SudokuRows:
     """Rows `source,question,answer,rating` ('.' = blank); a malformed row raises ValueError naming file and line."""
     sources, questions, answers, ratings = [], [], [], []
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header != CSV_HEADER:
-            raise ValueError(f"{path}:1: header {header}, expected {CSV_HEADER}")
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            if len(row) != 4:
-                raise ValueError(f"{where}: {len(row)} fields, expected 4 ({','.join(CSV_HEADER)})")
-            source, question, answer, rating = row
-            q = _parse_cells(question, blanks=".0", where=where, what="question")
-            a = _parse_cells(answer, blanks="", where=where, what="answer")
-            if np.any(a == 0) or np.any((q != 0) & (q != a)):
-                raise ValueError(f"{where}: answer must be complete and agree with every given of the question")
-            if rating and not rating.isdigit():
-                raise ValueError(f"{where}: rating {rating!r} is not a non-negative integer")
-            sources.append(source)
-            questions.append(q)
-            answers.append(a)
-            ratings.append(int(rating) if rating else -1)
+    for where, (source, question, answer, rating) in iter_hub_csv(path):
+        q = _parse_cells(question, blanks=".0", where=where, what="question")
+        a = _parse_cells(answer, blanks="", where=where, what="answer")
+        if np.any(a == 0) or np.any((q != 0) & (q != a)):
+            raise ValueError(f"{where}: answer must be complete and agree with every given of the question")
+        if rating and not rating.isdigit():
+            raise ValueError(f"{where}: rating {rating!r} is not a non-negative integer")
+        sources.append(source)
+        questions.append(q)
+        answers.append(a)
+        ratings.append(int(rating) if rating else -1)
     if not questions:
         raise ValueError(f"{path}: no puzzles")
     return SudokuRows(sources, np.stack(questions), np.stack(answers), np.asarray(ratings, dtype=np.int64))

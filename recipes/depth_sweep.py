@@ -27,6 +27,7 @@ from hybrid.eval.depth import (
     cycle_counts,
     depth_sweep,
     load_research_model,
+    model_data_parser,
     plot_adaptive,
     plot_sweep,
     research_batches,
@@ -37,12 +38,7 @@ log = get_logger("hybrid.depth_sweep")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--checkpoint", required=True, type=Path, help="pure run / checkpoint folder, or hybrid model folder"
-    )
-    parser.add_argument("--data", required=True, type=Path)
-    parser.add_argument("--split", default="test")
+    parser = model_data_parser(__doc__)
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--H-cycles", type=int, nargs="+", default=None, help="T values (default: the trained T)")
     parser.add_argument("--L-cycles", type=int, nargs="+", default=None, help="n values (default: the trained n)")

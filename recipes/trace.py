@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from hybrid.eval.depth import load_research_model, research_batches
+from hybrid.eval.depth import load_research_model, model_data_parser, research_batches
 from hybrid.eval.pictures import KINDS
 from hybrid.eval.traces import (
     plot_changes,
@@ -30,12 +30,7 @@ log = get_logger("hybrid.trace")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--checkpoint", required=True, type=Path, help="pure run / checkpoint folder, or hybrid model folder"
-    )
-    parser.add_argument("--data", required=True, type=Path)
-    parser.add_argument("--split", default="test")
+    parser = model_data_parser(__doc__)
     parser.add_argument("--examples", type=int, nargs="+", default=[0, 1, 2, 3], help="indices into the split")
     parser.add_argument("--steps", type=int, default=None, help="supervision steps (default: the trained number)")
     parser.add_argument("--H-cycles", type=int, default=None, help="override T")

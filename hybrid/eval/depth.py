@@ -15,6 +15,7 @@ and the matmul FLOPs of those calls, measured with torch's FLOP counter on the c
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
@@ -493,3 +494,14 @@ __all__ = [
     "research_batches",
     "step_sums",
 ]
+
+
+def model_data_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every research recipe shares: which model (--checkpoint), which data (--data, --split)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--checkpoint", required=True, type=Path, help="pure run / checkpoint folder, or hybrid model folder"
+    )
+    parser.add_argument("--data", required=True, type=Path)
+    parser.add_argument("--split", default="test")
+    return parser

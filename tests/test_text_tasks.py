@@ -97,6 +97,18 @@ def test_user_files(tmp_path):
         load_user_dataset(tmp_path / "d.txt", "sentence", "tags", "token")
 
 
+def test_user_files_with_the_default_column_names(tmp_path):
+    # Regression: columns already called text / label (the config defaults) made datasets refuse a self-rename.
+    (tmp_path / "seq.csv").write_text('text,label\n"a b",1\n"c",0\n')
+    assert load_user_dataset(tmp_path / "seq.csv", "text", "label", "sequence")[:] == {"text": ["a b", "c"], "label": [1, 0]}
+    (tmp_path / "tok.jsonl").write_text(json.dumps({"text": "a b", "labels": [0, 1]}))
+    assert load_user_dataset(tmp_path / "tok.jsonl", "text", "labels", "token")[0] == {"text": "a b", "labels": [0, 1]}
+    (tmp_path / "swapped.csv").write_text('label,text\n"a b",1\n')
+    assert load_user_dataset(tmp_path / "swapped.csv", "label", "text", "sequence")[0] == {"text": "a b", "label": 1}
+    with pytest.raises(ValueError, match="text and label columns must differ"):
+        load_user_dataset(tmp_path / "seq.csv", "text", "text", "sequence")
+
+
 def test_collator_pads_and_checks_length():
     examples = [
         {"input_ids": [5, 6, 7], "labels": [1, 2, 3], "features": torch.ones(3, 2)},

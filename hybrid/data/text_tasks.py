@@ -126,13 +126,18 @@ def load_user_dataset(path: str | Path, text_column: str, label_column: str, lev
     for column in (text_column, label_column):
         if column not in dataset.column_names:
             raise ValueError(f"{path}: no column {column!r}; the file has {dataset.column_names}")
-    dataset = dataset.select_columns([text_column, label_column]).rename_column(text_column, "text")
+    if text_column == label_column:
+        raise ValueError(f"{path}: the text and label columns must differ, both are {text_column!r}")
+    label_name = "label" if level == "sequence" else "labels"
+    dataset = dataset.select_columns([text_column, label_column])
+    # One simultaneous rename (identity pairs dropped: datasets refuses renaming a column onto itself), so files whose
+    # columns are already called text / label, or even swapped, load too.
+    renames = {old: new for old, new in ((text_column, "text"), (label_column, label_name)) if old != new}
+    dataset = dataset.rename_columns(renames) if renames else dataset
     if level == "sequence":
-        dataset = dataset.rename_column(label_column, "label")
         if _is_string(dataset.features["label"]):
             dataset = dataset.class_encode_column("label")
         return dataset
-    dataset = dataset.rename_column(label_column, "labels")
     if _is_string(dataset.features["labels"]):
 
         def split_ints(example, index):

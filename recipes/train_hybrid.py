@@ -49,7 +49,7 @@ def make_task(cfg: HybridTrainConfig):
         train = make_chain_reasoning(t.num_train, hops=t.hops, seed=t.seed, **common)
         tests = {
             f"hops{h}": make_chain_reasoning(t.num_test, hops=h, seed=t.seed + 1000 + h, **common)
-            for h in dict.fromkeys([t.hops, *t.test_hops])
+            for h in dict.fromkeys([*t.hops, *t.test_hops])
         }
         return train, tests, "sequence", 2, False
     if t.train_file is None or t.test_file is None:

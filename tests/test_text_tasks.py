@@ -41,17 +41,34 @@ def test_text_sudoku_is_seeded_unique_and_consistent():
         assert all(sorted(c) == [1, 2, 3, 4] for c in zip(*rows))
 
 
-def test_chain_reasoning_answer_follows_the_chain():
-    for example in make_chain_reasoning(20, hops=3, seed=1):
-        facts, question = example["text"].split(" Question: is ")
-        taller = dict(f.removesuffix(".").split(" is taller than ") for f in facts.split(". "))
-        first, second = question.removesuffix("?").split(" taller than ")
-        hops, person = 0, first
-        while person in taller and person != second:
+def _chain_answer(text: str) -> tuple[int | None, bool]:
+    """(links from the question's first person down to the second, or None; is the second person above the first?)"""
+    question, facts = text.removeprefix("Question: is ").split("? Facts: ")
+    first, second = question.split(" taller than ")
+    taller = dict(f.removesuffix(".").split(" is taller than ") for f in facts.split(". "))
+    def links(start, goal):
+        hops, person = 0, start
+        while person in taller and person != goal:
             person, hops = taller[person], hops + 1
-        assert (person == second and hops == 3) == bool(example["label"])
+        return hops if person == goal else None
+    return links(first, second), links(second, first) is not None
+
+
+def test_chain_reasoning_answer_follows_the_chain():
+    for example in make_chain_reasoning(50, hops=3, seed=1):
+        down, up = _chain_answer(example["text"])
+        assert (down == 3) == bool(example["label"]) and up != bool(example["label"])
+    mixed = make_chain_reasoning(300, hops=[1, 2], extra_links=2, distractor_length=3, seed=2)
+    for example in mixed:
+        down, up = _chain_answer(example["text"])
+        assert (down is not None) == bool(example["label"]) and up != bool(example["label"])
+    assert {_chain_answer(e["text"])[0] for e in mixed if e["label"]} == {1, 2}
+    # Sizes vary per example: 1..4 chain facts (hops + extra links) plus 0..2 distractor facts.
+    assert {e["text"].count(" is taller than ") for e in mixed} == set(range(1, 7))
     with pytest.raises(ValueError, match="more than the 40 names"):
         make_chain_reasoning(1, hops=30, distractor_length=10)
+    with pytest.raises(ValueError, match="need hops >= 1"):
+        make_chain_reasoning(1, hops=[])
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

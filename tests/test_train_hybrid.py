@@ -87,7 +87,7 @@ def test_chain_task_on_a_decoder_only_backbone_reports_every_hop_set(tmp_path):
     out = tmp_path / "run"
     train_hybrid.main(overrides(gpt2, out, steps=4, **{"task.name": "chain", "task.test_hops": "[3]"}))
     results = json.loads((out / "results.json").read_text())
-    assert set(results["results"]) == {"hops2", "hops3"}
+    assert set(results["results"]) == {"hops1", "hops2", "hops3"}
 
 
 def test_bad_input_fails_before_anything_is_written(tmp_path, bert):

@@ -68,36 +68,49 @@ NAMES = (
 
 
 def make_chain_reasoning(
-    num_examples: int, *, hops: int, extra_links: int = 2, distractor_length: int = 4, seed: int = 0
+    num_examples: int, *, hops: int | list[int], extra_links: int = 1, distractor_length: int = 2, seed: int = 0
 ) -> Dataset:
     """Sequence classification (label 1 = yes, 0 = no) needing `hops` facts chained together.
 
-    Each text states a chain of "A is taller than B." facts with `hops + extra_links` links plus a disconnected
-    distractor chain, shuffled, then asks whether one person is taller than another exactly `hops` links down the
-    chain (yes) or up it (no). The asked pair sits at a random place inside the chain, so neither end of the chain
-    gives the answer away. Train on small `hops` and test on larger ones to measure depth extrapolation.
+    Each text asks whether one person is taller than another, then states a chain of "A is taller than B." facts
+    plus a disconnected distractor chain, shuffled. The asked pair is exactly `hops` links apart, down the chain (yes)
+    or up it (no), and sits at a random place inside the chain, so neither end of the chain gives the answer away.
+    `hops` may be a list: each example draws its hop count from it (train on several short depths, test on longer
+    ones to measure depth extrapolation).
+
+    Why each example draws its size (0..`extra_links` links beyond the asked ones, 0..`distractor_length` distractor
+    people): with fixed sizes of 3 extra links and 4 distractors no head, recursive or not, left chance level in 3000
+    steps on MiniLM features (docs/results.md), while one-fact texts are learned in a few hundred; a mix of sizes
+    gives the gradient easy cases to start from. The question comes first so that it sits at fixed positions next to
+    the head's register, which the sequence classifier reads.
     """
-    if hops < 1 or extra_links < 0 or distractor_length < 0:
-        raise ValueError(f"need hops >= 1, extra_links >= 0, distractor_length >= 0; got {hops}, {extra_links}, {distractor_length}")
-    chain_length = hops + extra_links + 1
-    if chain_length + distractor_length > len(NAMES):
+    choices = [hops] if isinstance(hops, int) else list(hops)
+    if not choices or min(choices) < 1 or extra_links < 0 or distractor_length < 0:
         raise ValueError(
-            f"a chain of {chain_length} people plus a distractor chain of {distractor_length} needs more than the "
-            f"{len(NAMES)} names available; lower hops, extra_links or distractor_length"
+            f"need hops >= 1 (or a non-empty list of them), extra_links >= 0, distractor_length >= 0; "
+            f"got {hops}, {extra_links}, {distractor_length}"
+        )
+    longest = max(choices) + extra_links + 1 + distractor_length
+    if longest > len(NAMES):
+        raise ValueError(
+            f"a chain of {max(choices) + extra_links + 1} people plus a distractor chain of {distractor_length} needs "
+            f"more than the {len(NAMES)} names available; lower hops, extra_links or distractor_length"
         )
     rng = random.Random(seed)
     texts, labels = [], []
     for _ in range(num_examples):
-        people = rng.sample(NAMES, chain_length + distractor_length)
+        k = rng.choice(choices)
+        chain_length = k + rng.randint(0, extra_links) + 1
+        people = rng.sample(NAMES, chain_length + rng.randint(0, distractor_length))
         chain, distractors = people[:chain_length], people[chain_length:]
         facts = [f"{a} is taller than {b}." for a, b in zip(chain, chain[1:])]
         facts += [f"{a} is taller than {b}." for a, b in zip(distractors, distractors[1:])]
         rng.shuffle(facts)
-        start = rng.randrange(chain_length - hops)
-        taller, shorter = chain[start], chain[start + hops]
+        start = rng.randrange(chain_length - k)
+        taller, shorter = chain[start], chain[start + k]
         answer = rng.random() < 0.5
         first, second = (taller, shorter) if answer else (shorter, taller)
-        texts.append(" ".join(facts) + f" Question: is {first} taller than {second}?")
+        texts.append(f"Question: is {first} taller than {second}? Facts: " + " ".join(facts))
         labels.append(int(answer))
     return Dataset.from_dict({"text": texts, "label": labels})
 

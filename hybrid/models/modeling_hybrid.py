@@ -32,7 +32,7 @@ from transformers import (
 from transformers.utils import ModelOutput
 
 from hybrid.core.act import ACT, Batch, ReasonerOutput
-from hybrid.core.layers import CastedLinear, trunc_normal_init_
+from hybrid.core.layers import CastedLinear, rms_norm, trunc_normal_init_
 from hybrid.core.losses import ACTLossHead, correctness, per_sequence_lm_loss, q_halt_loss
 from hybrid.core.recursion import HRMCore, SingleZCore, TRMCore
 from hybrid.models.backbones import backbone_hidden_size, backbone_hidden_states, load_backbone
@@ -163,7 +163,11 @@ class HybridRecursivePreTrainedModel(PreTrainedModel):
         features = batch.get("features")
         if features is None:
             features = self.backbone_features(batch["input_ids"], batch["attention_mask"])
-        x = self.proj(features.float())
+        # Unit RMS per token, as pure mode's sqrt(D)-scaled embeddings: backbones' hidden states differ in scale by
+        # orders of magnitude (MiniLM about 0.5, GPT-2's last layers in the hundreds), and input injection needs x
+        # comparable to the carried latents (init RMS 1); at RMS 0.5 the recursive head never left chance on chain
+        # reasoning while the transformer head learned it (docs/results.md).
+        x = rms_norm(self.proj(features.float()), self.config.rms_norm_eps)
         x = torch.cat([self.register_token.expand(x.shape[0], 1, -1), x], dim=1)
         mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
         z = self.head(carry, x, mask, **cycles)

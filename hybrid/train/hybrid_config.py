@@ -18,11 +18,12 @@ class HybridTaskConfig:
     # text_sudoku: an n x n board (boxes 2x2 for n=4, 2x3 for n=6) with `num_blanks` empty cells
     size: int = 4
     num_blanks: int = 6
-    # chain: questions needing `hops` links; `test_hops` are extra held-out sets (longer chains: extrapolation)
-    hops: int = 2
+    # chain: training questions need one of `hops` links; a held-out set per hop count in hops + test_hops (longer
+    # chains: depth extrapolation); each text has up to `extra_links` more links and `distractor_length` distractors
+    hops: list[int] = field(default_factory=lambda: [1, 2])
     test_hops: list[int] = field(default_factory=list)
-    extra_links: int = 2
-    distractor_length: int = 4
+    extra_links: int = 1
+    distractor_length: int = 2
     # user: your own CSV / JSON / Parquet files
     train_file: str | None = None
     test_file: str | None = None

@@ -87,6 +87,20 @@ def test_loss_decreases_with_adam(tiny_backbones):
     assert losses[-1] < losses[0]
 
 
+def test_head_input_does_not_depend_on_the_backbone_feature_scale(tiny_backbones):
+    # Regression: unnormalised features at MiniLM's scale (RMS ~0.5) kept the recursive head at chance on chain
+    # reasoning; backbones differ in hidden-state scale by orders of magnitude.
+    _, tokenizer = load_backbone(str(tiny_backbones["bert"]))
+    batch = _chain_batch(tokenizer)
+    model = hybrid_model_for(_config(tiny_backbones["bert"], task="sequence", num_labels=2)).eval()
+    features = model.backbone_features(batch["input_ids"], batch["attention_mask"])
+    logits = [
+        model(batch["input_ids"], batch["attention_mask"], features=features * scale).logits for scale in (1.0, 300.0)
+    ]
+    torch.testing.assert_close(logits[1], logits[0], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(logits[0], model(batch["input_ids"], batch["attention_mask"], features=-features).logits)
+
+
 def test_save_backbone_needs_no_backbone_reference(tiny_backbones, tmp_path):
     _, tokenizer = load_backbone(str(tiny_backbones["gpt2"]))
     batch = _chain_batch(tokenizer)

@@ -35,20 +35,25 @@ log = get_logger("hybrid.train_hybrid")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hybrid" / "default.yaml"
 
 
+def unseen(test, train):
+    """The test examples whose text is not a training text: held out means never seen in training (small generated
+    tasks repeat texts, e.g. one-fact chain questions)."""
+    seen = set(train["text"])
+    return test.filter(lambda example: example["text"] not in seen)
+
+
 def make_task(cfg: HybridTrainConfig):
     """(train dataset, {test set name: dataset}, level, num_labels, one token per word?) before tokenisation."""
     t = cfg.task
     if t.name == "text_sudoku":
         train = make_text_sudoku(t.num_train, n=t.size, num_blanks=t.num_blanks, seed=t.seed)
         test = make_text_sudoku(t.num_test, n=t.size, num_blanks=t.num_blanks, seed=t.seed + 1)
-        seen = set(train["text"])
-        test = test.filter(lambda example: example["text"] not in seen)  # held out means never seen in training
-        return train, {"test": test}, "token", t.size, True
+        return train, {"test": unseen(test, train)}, "token", t.size, True
     if t.name == "chain":
         common = dict(extra_links=t.extra_links, distractor_length=t.distractor_length)
         train = make_chain_reasoning(t.num_train, hops=t.hops, seed=t.seed, **common)
         tests = {
-            f"hops{h}": make_chain_reasoning(t.num_test, hops=h, seed=t.seed + 1000 + h, **common)
+            f"hops{h}": unseen(make_chain_reasoning(t.num_test, hops=h, seed=t.seed + 1000 + h, **common), train)
             for h in dict.fromkeys([*t.hops, *t.test_hops])
         }
         return train, tests, "sequence", 2, False

@@ -90,6 +90,22 @@ def test_chain_task_on_a_decoder_only_backbone_reports_every_hop_set(tmp_path):
     assert set(results["results"]) == {"hops1", "hops2", "hops3"}
 
 
+def test_chain_held_out_sets_hold_no_training_text():
+    # Regression: one-fact chain texts repeat (40 x 39 x 2 of them), so test sets drawn independently of the training
+    # set shared texts with it.
+    from hybrid.config import load_config
+    from hybrid.train.hybrid_config import HybridTrainConfig
+
+    cfg = load_config(HybridTrainConfig, REPO / "configs" / "hybrid" / "chain.yaml", [
+        "task.hops=[1]", "task.test_hops=[2]", "task.extra_links=0", "task.distractor_length=0",
+        "task.num_train=2000", "task.num_test=500",
+    ])
+    train, tests, *_ = train_hybrid.make_task(cfg)
+    seen = set(train["text"])
+    assert 0 < len(tests["hops1"]) < 500 and len(tests["hops2"]) > 0
+    assert not any(text in seen for test in tests.values() for text in test["text"])
+
+
 def test_bad_input_fails_before_anything_is_written(tmp_path, bert):
     out = tmp_path / "run"
     with pytest.raises(UserError, match="backbone 'no/such-model' is not a local folder"):

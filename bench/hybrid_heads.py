@@ -36,12 +36,15 @@ def load_recipe():
 
 def table(rows: list[dict]) -> str:
     sets = list(rows[0]["results"])
-    head = ["head", "trainable params"] + [f"{s} exact" for s in sets] + [f"{s} token" for s in sets] + ["wall s"]
+    # Sequence labels have one "token" per example, so token accuracy would repeat the exact column.
+    token_sets = [s for s in sets if any(r["results"][s]["accuracy"] != r["results"][s]["exact_accuracy"] for r in rows)]
+    head = ["head", "trainable params", "steps"] + [f"{s} exact" for s in sets] + [f"{s} token" for s in token_sets]
+    head.append("wall s")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["head"], f"{r['trainable_parameters']:,}"]
+        cells = [r["head"], f"{r['trainable_parameters']:,}", str(r["steps"])]
         cells += [f"{100 * r['results'][s]['exact_accuracy']:.1f}" for s in sets]
-        cells += [f"{100 * r['results'][s]['accuracy']:.1f}" for s in sets]
+        cells += [f"{100 * r['results'][s]['accuracy']:.1f}" for s in token_sets]
         cells.append(f"{r['wall_seconds']:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -121,6 +121,7 @@ def research_batches(
     if model.pad_token_id is None:
         raise ValueError(f"{model.source}: the backbone config has no pad_token_id to pad text batches with")
     collate = TextCollator(model.pad_token_id)
+    hf_model = model.loss_head.act.reasoner.model
     local = global_batch_size // world_size
     columns = ["input_ids", label_column]
     for start in range(0, len(dataset), global_batch_size):
@@ -129,6 +130,11 @@ def research_batches(
         if hi > lo:
             rows = dataset.select(range(lo, hi)).select_columns(columns)
             batch = collate(list(rows))
+            if hf_model.backbone_is_frozen:
+                # Once per batch, not at each of up to hundreds of supervision steps: a frozen backbone's features
+                # never change (the same reuse as training's feature cache).
+                with torch.no_grad():
+                    batch["features"] = hf_model.backbone_features(batch["input_ids"], batch["attention_mask"])
             yield batch, torch.ones(hi - lo, dtype=torch.bool)
 
 

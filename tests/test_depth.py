@@ -286,9 +286,9 @@ def test_hybrid_model_folder_and_tokenized_dataset(tmp_path):
     assert [int(m.sum()) for _, m in batches] == [2, 2, 1]
     # A frozen backbone runs once per batch, not at every supervision step; the results are those of live features.
     assert all(b["features"].shape[:2] == b["input_ids"].shape for b, _ in batches)
-    live = [({k: v for k, v in b.items() if k != "features"}, m) for b, m in batches]
-    assert_same_metrics(depth_sweep(model.loss_head, live, steps=[2])[0], depth_sweep(model.loss_head, batches, steps=[2])[0])
     rows = depth_sweep(model.loss_head, batches, steps=[2])
+    live = [({k: v for k, v in b.items() if k != "features"}, m) for b, m in batches]
+    assert_same_metrics(depth_sweep(model.loss_head, live, steps=[2])[0], rows[0])
     assert_same_metrics(rows[0], evaluate(model.loss_head, batches, halt_max_steps=2))
     assert rows[0]["count"] == 5 and rows[0]["net_calls"] == 2 * 2 * 2
     fixed = adaptive_evaluate(model.loss_head, batches, max_steps=2)

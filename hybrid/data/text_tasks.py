@@ -79,9 +79,9 @@ def make_chain_reasoning(
     ones to measure depth extrapolation).
 
     Why each example draws its size (0..`extra_links` links beyond the asked ones, 0..`distractor_length` distractor
-    people): with fixed sizes of 3 extra links and 4 distractors no head, recursive or not, left chance level in 3000
-    steps on MiniLM features (docs/results.md), while one-fact texts are learned in a few hundred; a mix of sizes
-    gives the gradient easy cases to start from. The question comes first so that it sits at fixed positions next to
+    people): with fixed sizes of 3 extra links and 4 distractors no head, recursive or not, left chance level on
+    MiniLM features (docs/results.md), while one-fact texts are learned in a few hundred steps; a mix of sizes gives
+    the gradient easy cases to start from. The question comes first so that it sits at fixed positions next to
     the head's register, which the sequence classifier reads.
     """
     choices = [hops] if isinstance(hops, int) else list(hops)
@@ -90,10 +90,10 @@ def make_chain_reasoning(
             f"need hops >= 1 (or a non-empty list of them), extra_links >= 0, distractor_length >= 0; "
             f"got {hops}, {extra_links}, {distractor_length}"
         )
-    longest = max(choices) + extra_links + 1 + distractor_length
-    if longest > len(NAMES):
+    longest_chain = max(choices) + extra_links + 1
+    if longest_chain + distractor_length > len(NAMES):
         raise ValueError(
-            f"a chain of {max(choices) + extra_links + 1} people plus a distractor chain of {distractor_length} needs "
+            f"a chain of {longest_chain} people plus a distractor chain of {distractor_length} needs "
             f"more than the {len(NAMES)} names available; lower hops, extra_links or distractor_length"
         )
     rng = random.Random(seed)
@@ -146,7 +146,7 @@ def load_user_dataset(path: str | Path, text_column: str, label_column: str, lev
     # One simultaneous rename (identity pairs dropped: datasets refuses renaming a column onto itself), so files whose
     # columns are already called text / label, or even swapped, load too.
     renames = {old: new for old, new in ((text_column, "text"), (label_column, label_name)) if old != new}
-    dataset = dataset.rename_columns(renames) if renames else dataset
+    dataset = dataset.rename_columns(renames)
     if level == "sequence":
         if _is_string(dataset.features["label"]):
             dataset = dataset.class_encode_column("label")

@@ -111,7 +111,8 @@ def research_batches(
         if split not in dataset:
             raise ValueError(f"{data}: no split {split!r}; it has {sorted(dataset)}")
         dataset = dataset[split]
-    label_column = "labels" if model.loss_head.act.reasoner.model.task == "token" else "label"
+    hf_model = model.loss_head.act.reasoner.model
+    label_column = "labels" if hf_model.task == "token" else "label"
     missing = {"input_ids", label_column} - set(dataset.column_names)
     if missing:
         raise ValueError(
@@ -121,7 +122,6 @@ def research_batches(
     if model.pad_token_id is None:
         raise ValueError(f"{model.source}: the backbone config has no pad_token_id to pad text batches with")
     collate = TextCollator(model.pad_token_id)
-    hf_model = model.loss_head.act.reasoner.model
     local = global_batch_size // world_size
     columns = ["input_ids", label_column]
     for start in range(0, len(dataset), global_batch_size):

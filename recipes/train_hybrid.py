@@ -28,7 +28,7 @@ from hybrid.models.configuration_hybrid import HybridRecursiveConfig
 from hybrid.models.modeling_hybrid import hybrid_model_for
 from hybrid.train.hybrid_config import HybridTrainConfig
 from hybrid.train.loop import LoopParts, Trainer, check_schedule, prepare_run, resolve_resume
-from hybrid.train.streams import ShuffledBatches, padded_batches
+from hybrid.data.streams import ShuffledBatches, padded_batches
 from hybrid.utils import UserError, get_logger, run_main, seed_everything
 
 log = get_logger("hybrid.train_hybrid")

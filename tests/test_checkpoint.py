@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from hybrid.train import checkpoint as ckpt
-from hybrid.train.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
+from hybrid import checkpoint as ckpt
+from hybrid.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
                                      set_rng_state)
 
 

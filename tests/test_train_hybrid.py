@@ -49,7 +49,7 @@ def test_trains_exports_and_reloads_with_the_same_results(tmp_path, bert):
 
     from hybrid.data.text_tasks import TextCollator
     from hybrid.eval.loop import evaluate
-    from hybrid.train.streams import padded_batches
+    from hybrid.data.streams import padded_batches
 
     out = tmp_path / "run"
     train_hybrid.main(overrides(bert, out))

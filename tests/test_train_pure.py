@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from hybrid.data.format import atomic_output_dir, write_identifiers
 from hybrid.data.sudoku import generate_puzzles, write_sudoku_split
-from hybrid.train import checkpoint as ckpt_module
+from hybrid import checkpoint as ckpt_module
 from hybrid.train.loop import TrainingDivergedError
 from hybrid.utils import UserError
 

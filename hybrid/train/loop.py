@@ -35,7 +35,9 @@ from hybrid.core.act import ACT, ACTCarry
 from hybrid.core.losses import ACTLossHead
 from hybrid.eval.loop import evaluate, normalise, reduce_sums
 from hybrid.optim import EMA, AdamATan2, SparseSignSGD, lr_at
-from hybrid.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from hybrid.checkpoint import (
+    latest_checkpoint, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state,
+)
 from hybrid.train.config import CheckpointConfig, EvalConfig, OptimConfig, RunConfig
 from hybrid.train.tracking import MetricsLogger, RunDir, RunDirError, plot_curves, read_metrics, summary_table
 from hybrid.utils import UserError, get_logger
@@ -367,28 +369,6 @@ def check_schedule(optim: OptimConfig, total_steps: int) -> None:
         raise UserError(f"training.lr_warmup_steps={optim.lr_warmup_steps} exceeds the run's {total_steps} steps")
 
 
-def load_model_state(
-    model: nn.Module, state: dict[str, Tensor], *, source, keys: Callable[[str], bool] | None = None
-) -> None:
-    """Load weights, turning a mismatch (another architecture's checkpoint) into a message that lists it. `keys`
-    selects the state-dict entries a checkpoint is expected to hold (the rest keep their current values)."""
-    own = {k: v for k, v in model.state_dict().items() if keys is None or keys(k)}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-        if shapes:
-            parts.append("shape mismatches " + "; ".join(shapes[:8]))
-        raise UserError(f"{source} does not match this model's architecture: " + ", ".join(parts))
-    model.load_state_dict(state, strict=keys is None)
-
-
 def _progress(total: int, initial: int, *, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -451,4 +431,4 @@ def resolve_resume(run: RunConfig, run_dir: Path) -> Path | None:
     return path
 
 
-__all__ = ["LoopParts", "Trainer", "TrainingDivergedError", "load_model_state", "prepare_run", "resolve_resume"]
+__all__ = ["LoopParts", "Trainer", "TrainingDivergedError", "prepare_run", "resolve_resume"]

@@ -8,12 +8,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from hybrid.checkpoint import find_checkpoint, load_model_state
 from hybrid.config import load_config
 from hybrid.core.act import ACT
 from hybrid.models.pure import PureConfig, PureReasoner, build_pure_model
-from hybrid.train.checkpoint import latest_checkpoint
 from hybrid.train.config import PureTrainConfig
-from hybrid.train.loop import load_model_state
 from hybrid.utils import UserError
 
 
@@ -24,19 +23,6 @@ class RestoredRun:
     reasoner: PureReasoner
     act: ACT
     checkpoint: Path
-
-
-def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
-    """(run folder, checkpoint folder) from either a run folder (its latest complete checkpoint) or a checkpoint."""
-    path = Path(path)
-    if (path / "COMPLETE").exists():
-        return path.parent.parent, path
-    if not path.is_dir():
-        raise UserError(f"checkpoint {path} does not exist")
-    latest = latest_checkpoint(path)
-    if latest is None:
-        raise UserError(f"{path} holds no complete checkpoint (expected a run folder or a checkpoint folder)")
-    return path, latest
 
 
 def load_pure_run(path: str | Path) -> RestoredRun:

@@ -1,4 +1,5 @@
-"""Crash-safe checkpoints in a run folder, and the RNG state that makes a resume reproducible.
+"""Crash-safe checkpoint folders, the RNG state that makes a resume reproducible, and loading weights into a model. Below both
+training and evaluation: it imports nothing from them.
 
 Layout: `run_dir/checkpoints/step_{step:08d}/` holding
     model.safetensors   the model's tensors
@@ -18,11 +19,14 @@ import random
 import re
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
+
+from hybrid.utils import UserError
 
 MODEL_FILE, TRAIN_STATE_FILE, COMPLETE_MARKER = "model.safetensors", "train_state.pt", "COMPLETE"
 _STEP_DIR = re.compile(r"step_(\d{8,})")
@@ -173,3 +177,38 @@ def _check_weights_only(value, where: str) -> None:
 def _fsync(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
+
+
+def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """(run folder, checkpoint folder) from either a run folder (its latest complete checkpoint) or a checkpoint."""
+    path = Path(path)
+    if (path / "COMPLETE").exists():
+        return path.parent.parent, path
+    if not path.is_dir():
+        raise UserError(f"checkpoint {path} does not exist")
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise UserError(f"{path} holds no complete checkpoint (expected a run folder or a checkpoint folder)")
+    return path, latest
+
+
+def load_model_state(
+    model: nn.Module, state: dict[str, Tensor], *, source, keys: Callable[[str], bool] | None = None
+) -> None:
+    """Load weights, turning a mismatch (another architecture's checkpoint) into a message that lists it. `keys`
+    selects the state-dict entries a checkpoint is expected to hold (the rest keep their current values)."""
+    own = {k: v for k, v in model.state_dict().items() if keys is None or keys(k)}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+        if shapes:
+            parts.append("shape mismatches " + "; ".join(shapes[:8]))
+        raise UserError(f"{source} does not match this model's architecture: " + ", ".join(parts))
+    model.load_state_dict(state, strict=keys is None)

@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import torch
 
-from hybrid.core.losses import ACTLossHead
+from hybrid.core.losses import ACTLoss
 from hybrid.core.layers import ReasoningModule, swiglu_intermediate_size
 from hybrid.models.pure import PureConfig, build_pure_model
 from hybrid.optim import AdamATan2, SparseSignSGD
@@ -81,9 +81,9 @@ class Trainer:
             for module in self.reasoner.modules():
                 if isinstance(module, ReasoningModule):
                     module.compile(dynamic=False)
-        self.head = ACTLossHead(act, loss_type=cfg.loss_type)
+        self.head = ACTLoss(act, loss_type=cfg.loss_type)
         self.adam = AdamATan2(self.reasoner.parameters(), lr=1e-4, weight_decay=0.1)
-        self.sparse = SparseSignSGD(self.reasoner.puzzle_emb, lr=1e-2, weight_decay=0.1)
+        self.sparse = SparseSignSGD(self.reasoner.encoder.puzzle_emb, lr=1e-2, weight_decay=0.1)
         self.cfg, self.batch = cfg, batch
         self.data = random_batch(cfg, batch, torch.Generator().manual_seed(0))
         self.carry = self.head.initial_carry(self.data)

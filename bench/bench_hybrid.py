@@ -21,15 +21,15 @@ from hybrid.models.modeling_hybrid import hybrid_model_for
 
 
 def run_epochs(model, loader, epochs: int) -> list[float]:
-    loss_head = model.act_loss_head().train()
+    act_loss = model.act_loss().train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     carry, times = None, []
     for _ in range(epochs):
         start = time.perf_counter()
         for batch in loader:
             if carry is None:
-                carry = loss_head.initial_carry(batch)
-            carry, loss, *_ = loss_head(carry, batch)
+                carry = act_loss.initial_carry(batch)
+            carry, loss, *_ = act_loss(carry, batch)
             optimizer.zero_grad()
             (loss / batch["input_ids"].shape[0]).backward()
             optimizer.step()

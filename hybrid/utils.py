@@ -1,13 +1,12 @@
-"""Process-level basics shared by every recipe: seeding, rank-aware logging, user-facing errors."""
+"""Process-level basics shared by every recipe: rank-aware logging and user-facing errors. (Seeding is
+`accelerate.utils.set_seed`.)"""
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import sys
 
-import numpy as np
 import torch
 
 
@@ -20,23 +19,6 @@ def rank() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank()
     return int(os.environ.get("RANK", 0))
-
-
-def world_size() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return int(os.environ.get("WORLD_SIZE", 1))
-
-
-def seed_everything(seed: int, *, rank_offset: bool = True) -> int:
-    """Seed Python, numpy and torch. With `rank_offset`, rank r uses seed + r (the official convention: ranks draw
-    different dropout-like noise but build identical models when parameters are broadcast or seeded separately).
-    Returns the seed used on this rank."""
-    used = seed + (rank() if rank_offset else 0)
-    random.seed(used)
-    np.random.seed(used % 2**32)
-    torch.manual_seed(used)
-    return used
 
 
 class _MainProcessFilter(logging.Filter):

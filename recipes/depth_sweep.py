@@ -22,23 +22,20 @@ from pathlib import Path
 
 import torch
 
-from hybrid.eval.depth import (
-    adaptive_evaluate,
-    cycle_counts,
-    depth_sweep,
-    load_research_model,
-    model_data_parser,
-    plot_adaptive,
-    plot_sweep,
-    research_batches,
-)
+from hybrid.eval.compute import cycle_counts
+from hybrid.eval.depth import adaptive_evaluate, depth_sweep
+from hybrid.eval.plots import plot_adaptive, plot_sweep
+from hybrid.eval.research import load_research_model, research_batches
 from hybrid.utils import UserError, get_logger, run_main
 
 log = get_logger("hybrid.depth_sweep")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = model_data_parser(__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, type=Path, help="pure run / checkpoint folder, or hybrid model folder")
+    parser.add_argument("--data", required=True, type=Path)
+    parser.add_argument("--split", default="test")
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--H-cycles", type=int, nargs="+", default=None, help="T values (default: the trained T)")
     parser.add_argument("--L-cycles", type=int, nargs="+", default=None, help="n values (default: the trained n)")
@@ -78,12 +75,12 @@ def main(argv: list[str]) -> None:
         )
 
     # The trained (T, n) is always swept: it is the fixed-depth baseline of the adaptive runs.
-    trained = cycle_counts(model.loss_head)
+    trained = cycle_counts(model.act_loss)
     cycles = [trained] + [
         c for c in itertools.product(args.H_cycles or [trained[0]], args.L_cycles or [trained[1]]) if c != trained
     ]
     common = {"max_examples": args.max_examples, "world_size": world}
-    rows = depth_sweep(model.loss_head, batches(), steps=args.steps, cycles=cycles, **common)
+    rows = depth_sweep(model.act_loss, batches(), steps=args.steps, cycles=cycles, **common)
     log.info(f"{'T':>3} {'n':>3} {'steps':>5} {'exact':>7} {'token':>7} {'q_acc':>7} {'ece':>6} {'calls':>6}")
     for r in rows:
         log.info(
@@ -98,7 +95,7 @@ def main(argv: list[str]) -> None:
     if rules:
         max_steps = args.adaptive_max_steps or model.trained_steps
         for rule, value in rules:
-            result = adaptive_evaluate(model.loss_head, batches(), max_steps=max_steps, **{rule: value}, **common)
+            result = adaptive_evaluate(model.act_loss, batches(), max_steps=max_steps, **{rule: value}, **common)
             adaptive.append({"rule": f"{rule}={value:g}", "max_steps": max_steps, **result})
             log.info(
                 f"adaptive {rule}={value:g} (max {max_steps}): exact {result['exact_accuracy']:.4f}, token "

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
+from hybrid.core.losses import ACTLoss
 from hybrid.data.format import DatasetFormatError, read_split
 from hybrid.data.sampler import eval_batches
-from hybrid.core.losses import ACTLossHead
 from hybrid.eval.loop import evaluate
-from hybrid.train.restore import load_pure_run
+from hybrid.restore import load_pure_run
 from hybrid.utils import UserError, run_main
 
 
@@ -44,7 +44,7 @@ def main(argv: list[str]) -> None:
 
     state = PartialState(cpu=not torch.cuda.is_available())
     run = load_pure_run(args.checkpoint)
-    data = Path(args.data or run.config.data.path)
+    data = Path(args.data or run.config["data"]["path"])
     try:
         test = read_split(data, "test")
     except (DatasetFormatError, FileNotFoundError) as err:
@@ -58,15 +58,15 @@ def main(argv: list[str]) -> None:
     if args.submission and not args.arc:
         raise UserError("--submission needs --arc")
 
-    batch = args.batch_size or run.config.training.global_batch_size
+    batch = args.batch_size or run.config["training"]["global_batch_size"]
     evaluators = []
     if args.arc:
         from hybrid.eval.arc import ARCLoopEvaluator
 
         evaluators.append(ARCLoopEvaluator(data, scoring=args.scoring, submission_path=args.submission))
-    loss_head = ACTLossHead(run.act, loss_type=arch.loss_type).to(state.device)
+    act_loss = ACTLoss(run.act, loss_type=arch.loss_type).to(state.device)
     metrics = evaluate(
-        loss_head,
+        act_loss,
         eval_batches(test, global_batch_size=batch, rank=state.process_index, world_size=state.num_processes),
         halt_max_steps=args.halt_max_steps or arch.halt_max_steps,
         device=state.device,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from hybrid.eval.depth import load_research_model, model_data_parser, research_batches
+from hybrid.eval.research import load_research_model, research_batches
 from hybrid.eval.pictures import KINDS
 from hybrid.eval.traces import (
     plot_changes,
@@ -30,7 +30,10 @@ log = get_logger("hybrid.trace")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = model_data_parser(__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, type=Path, help="pure run / checkpoint folder, or hybrid model folder")
+    parser.add_argument("--data", required=True, type=Path)
+    parser.add_argument("--split", default="test")
     parser.add_argument("--examples", type=int, nargs="+", default=[0, 1, 2, 3], help="indices into the split")
     parser.add_argument("--steps", type=int, default=None, help="supervision steps (default: the trained number)")
     parser.add_argument("--H-cycles", type=int, default=None, help="override T")
@@ -78,11 +81,15 @@ def main(argv: list[str]) -> None:
     if model.kind == "hybrid":
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(model.backbone)
+        # The tokenizer saved beside the model (train_hybrid.py writes it there): no Hub access needed.
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model.source)
+        except (OSError, ValueError) as err:
+            raise UserError(f"--checkpoint {model.source}: no tokenizer saved with the model ({err})") from None
 
     summary, changes = {}, {}
     for index, batch in sorted(pick_examples(model, args).items()):
-        trace = record_trace(model.loss_head, trim_padding(batch), steps=steps, **cycles)
+        trace = record_trace(model.act_loss, trim_padding(batch), steps=steps, **cycles)
         summary[index] = trace.to_dict(0)
         for name, change in trace.changes.items():
             changes.setdefault(name, []).append(change)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate.utils import set_seed
 
 from hybrid.config import load_config, split_cli
 from hybrid.data.feature_cache import FeatureCache
@@ -24,12 +25,11 @@ from hybrid.data.text_tasks import (
 )
 from hybrid.eval.loop import evaluate
 from hybrid.models.backbones import BackboneNotFoundError, backbone_max_length, load_backbone
-from hybrid.models.configuration_hybrid import HybridRecursiveConfig
 from hybrid.models.modeling_hybrid import hybrid_model_for
-from hybrid.train.hybrid_config import HybridTrainConfig
+from hybrid.train.config import HybridTrainConfig
 from hybrid.train.loop import LoopParts, Trainer, check_schedule, prepare_run, resolve_resume
 from hybrid.data.streams import ShuffledBatches, padded_batches
-from hybrid.utils import UserError, get_logger, run_main, seed_everything
+from hybrid.utils import UserError, get_logger, run_main
 
 log = get_logger("hybrid.train_hybrid")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hybrid" / "default.yaml"
@@ -71,7 +71,9 @@ def make_task(cfg: HybridTrainConfig):
     return train, {"test": test}, t.level, num_labels, False
 
 
-def prepare_examples(cfg, datasets: dict, tokenizer, backbone, level, single_token_words, *, keep_tokenized=None):
+def prepare_examples(
+    cfg, model_config, datasets: dict, tokenizer, backbone, level, single_token_words, *, keep_tokenized=None
+):
     """Tokenise (with every check done before training) and attach cached backbone features when asked.
     `keep_tokenized` (a dict) receives the tokenized sets without features."""
     limit = backbone_max_length(backbone.config, tokenizer)
@@ -79,8 +81,8 @@ def prepare_examples(cfg, datasets: dict, tokenizer, backbone, level, single_tok
     cache = None
     if cfg.feature_cache != "none":
         cache_dir = cfg.cache_dir if cfg.feature_cache == "disk" else None
-        cache = FeatureCache(backbone, tokenizer, layers=cfg.model.backbone_layers, backbone_name=cfg.model.backbone,
-                             cache_dir=cache_dir)
+        cache = FeatureCache(backbone, tokenizer, layers=model_config.backbone_layers,
+                             backbone_name=model_config.backbone_name_or_path, cache_dir=cache_dir)
     for name, dataset in datasets.items():
         try:
             tokenized = tokenize_dataset(dataset, tokenizer, level=level, max_length=limit,
@@ -100,23 +102,16 @@ def main(argv: list[str]) -> None:
     cfg = load_config(HybridTrainConfig, path or DEFAULT_CONFIG, overrides)
     started = time.perf_counter()
 
-    seed_everything(cfg.run.seed, rank_offset=False)
+    train_raw, tests_raw, level, num_labels, one_token = make_task(cfg)
+    m = cfg.model_config(task=level, num_labels=num_labels)
+    set_seed(cfg.run.seed)
     try:
-        backbone, tokenizer = load_backbone(cfg.model.backbone)
+        backbone, tokenizer = load_backbone(m.backbone_name_or_path)
     except BackboneNotFoundError as err:
         raise UserError(str(err)) from None
-    train_raw, tests_raw, level, num_labels, one_token = make_task(cfg)
-    m = cfg.model
-    model_config = HybridRecursiveConfig(
-        backbone_name_or_path=m.backbone, backbone_layers=m.backbone_layers, head=m.head, core=m.core,
-        hidden_size=m.hidden_size, num_heads=m.num_heads, expansion=m.expansion, H_cycles=m.H_cycles,
-        L_cycles=m.L_cycles, L_layers=m.L_layers, H_layers=m.H_layers, halt_max_steps=m.halt_max_steps,
-        halt_exploration_prob=m.halt_exploration_prob, loss_type=m.loss_type, task=level, num_labels=num_labels,
-        lora_r=m.lora_r, lora_alpha=m.lora_alpha, lora_target_modules=m.lora_target_modules,
-    )
-    model = hybrid_model_for(model_config, backbone=backbone)
+    model = hybrid_model_for(m, backbone=backbone)
     tokenized: dict = {}
-    examples = prepare_examples(cfg, {"train": train_raw, **tests_raw}, tokenizer, backbone, level, one_token,
+    examples = prepare_examples(cfg, m, {"train": train_raw, **tests_raw}, tokenizer, backbone, level, one_token,
                                 keep_tokenized=tokenized)
     train = examples.pop("train")
     pad_to = max(len(examples_set[i]["input_ids"]) for examples_set in (train, *examples.values())
@@ -131,8 +126,8 @@ def main(argv: list[str]) -> None:
     accelerator, run_dir = prepare_run(cfg.run)
     rank, world = accelerator.process_index, accelerator.num_processes
 
-    act = model.act_loss_head(generator=torch.Generator().manual_seed(cfg.run.seed + rank)).act
-    seed_everything(cfg.run.seed)
+    act = model.act_loss(generator=torch.Generator().manual_seed(cfg.run.seed + rank)).act
+    set_seed(cfg.run.seed, device_specific=True)
     head_params = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad)
     log.info(f"{m.head} head ({m.core}, T={m.H_cycles}, n={m.L_cycles}): {head_params:,} trainable parameters; "
              f"{len(train)} train examples, {steps} steps of {batch} on {world} process(es)")
@@ -148,7 +143,7 @@ def main(argv: list[str]) -> None:
         total_steps=steps,
         global_batch_size=batch,
         config=cfg,
-        checkpoint_keys=lambda key: not key.startswith("backbone.") or "lora_" in key,
+        checkpoint_keys=model.is_checkpointed_key,
     )
     trainer = Trainer(parts, run=cfg.run, optim=cfg.training, eval_cfg=cfg.eval, checkpoint=cfg.checkpoint,
                       accelerator=accelerator, run_dir=run_dir)
@@ -165,7 +160,7 @@ def main(argv: list[str]) -> None:
     with swap:
         for name, dataset in list(examples.items())[1:]:
             results[name] = evaluate(
-                trainer.loss_head, padded_batches(dataset, collate, global_batch_size=batch, rank=rank,
+                trainer.act_loss, padded_batches(dataset, collate, global_batch_size=batch, rank=rank,
                                                   world_size=world),
                 halt_max_steps=cfg.eval.halt_max_steps or m.halt_max_steps, device=accelerator.device,
                 world_size=world,

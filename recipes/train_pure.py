@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 
 import torch
+from accelerate.utils import set_seed
 
 from hybrid.config import load_config, split_cli
 from hybrid.data.format import DatasetFormatError, read_split
@@ -19,7 +20,7 @@ from hybrid.data.sampler import TrainSampler, eval_batches
 from hybrid.models.pure import build_pure_model
 from hybrid.train.config import PureTrainConfig
 from hybrid.train.loop import LoopParts, Trainer, check_schedule, prepare_run, resolve_resume
-from hybrid.utils import UserError, get_logger, run_main, seed_everything
+from hybrid.utils import UserError, get_logger, run_main
 
 log = get_logger("hybrid.train_pure")
 
@@ -82,9 +83,9 @@ def main(argv: list[str]) -> None:
     if cfg.training.global_batch_size % world:
         raise UserError(f"training.global_batch_size={cfg.training.global_batch_size} is not divisible by {world} processes")
     # Same weights on every rank (built from one seed), different exploration draws per rank (seed + rank).
-    seed_everything(cfg.run.seed, rank_offset=False)
+    set_seed(cfg.run.seed)
     reasoner, act = build_pure_model(arch, generator=torch.Generator().manual_seed(cfg.run.seed + rank))
-    seed_everything(cfg.run.seed)
+    set_seed(cfg.run.seed, device_specific=True)
 
     batch = cfg.training.global_batch_size
     parts = LoopParts(
@@ -98,7 +99,7 @@ def main(argv: list[str]) -> None:
         eval_batches=lambda: eval_batches(test, global_batch_size=batch, rank=rank, world_size=world),
         total_steps=steps,
         global_batch_size=batch,
-        sparse_embedding=getattr(reasoner, "puzzle_emb", None),
+        sparse_embedding=getattr(reasoner.encoder, "puzzle_emb", None),
         evaluators=build_evaluators(cfg, Path(cfg.data.path)),
         config=cfg,
     )

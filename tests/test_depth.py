@@ -9,17 +9,11 @@ from torch import nn
 
 from hybrid.core.act import ACT, ReasonerOutput
 from hybrid.core.layers import CastedLinear
-from hybrid.core.losses import ACTLossHead
-from hybrid.eval.depth import (
-    CALIBRATION_BINS,
-    adaptive_evaluate,
-    cycle_counts,
-    depth_sweep,
-    load_research_model,
-    plot_adaptive,
-    plot_sweep,
-    research_batches,
-)
+from hybrid.core.losses import ACTLoss
+from hybrid.eval.compute import cycle_counts
+from hybrid.eval.depth import CALIBRATION_BINS, adaptive_evaluate, depth_sweep
+from hybrid.eval.plots import plot_adaptive, plot_sweep
+from hybrid.eval.research import load_research_model, research_batches
 from hybrid.eval.loop import evaluate
 from hybrid.models.pure import PureConfig, build_pure_model
 
@@ -57,10 +51,10 @@ class ScriptedReasoner(nn.Module):
         )
 
 
-def scripted_head(max_steps: int) -> tuple[ScriptedReasoner, ACTLossHead]:
+def scripted_head(max_steps: int) -> tuple[ScriptedReasoner, ACTLoss]:
     reasoner = ScriptedReasoner()
     act = ACT(reasoner, halt_max_steps=max_steps, halt_exploration_prob=0.0)
-    return reasoner, ACTLossHead(act, loss_type="softmax_cross_entropy").eval()
+    return reasoner, ACTLoss(act, loss_type="softmax_cross_entropy").eval()
 
 
 def scripted_batch(settle: list[int], halt_at: list[int], seq_len: int = 3, seed: int = 0):
@@ -74,7 +68,7 @@ def scripted_batch(settle: list[int], halt_at: list[int], seq_len: int = 3, seed
     return batch, torch.ones(n, dtype=torch.bool)
 
 
-def tiny_pure(halt_max_steps: int = 3, **overrides) -> ACTLossHead:
+def tiny_pure(halt_max_steps: int = 3, **overrides) -> ACTLoss:
     torch.manual_seed(0)
     cfg = PureConfig(
         seq_len=16, vocab_size=6, num_puzzle_identifiers=2, hidden_size=32, num_heads=2, expansion=2,
@@ -82,7 +76,7 @@ def tiny_pure(halt_max_steps: int = 3, **overrides) -> ACTLossHead:
         halt_max_steps=halt_max_steps, **overrides,
     )  # fmt: skip
     _, act = build_pure_model(cfg)
-    return ACTLossHead(act, loss_type=cfg.loss_type).eval()
+    return ACTLoss(act, loss_type=cfg.loss_type).eval()
 
 
 def grid_batches(num_batches: int = 2, size: int = 4, pad_rows: int = 0):
@@ -153,7 +147,7 @@ def test_calibration_matches_a_hand_computation():
         )
 
 
-def _core_matmul_flops_per_call(head: ACTLossHead, seq_len: int) -> int:
+def _core_matmul_flops_per_call(head: ACTLoss, seq_len: int) -> int:
     """2 * in * out per position for every linear map of the network, plus QK^T and AV of attention."""
     core = head.act.reasoner.core
     linear = sum(
@@ -236,7 +230,7 @@ def test_no_change_rule_halts_stable_predictions():
 def test_forced_halting_on_a_real_model():
     head = tiny_pure(halt_max_steps=4)
     with torch.no_grad():
-        head.act.reasoner.q_head.bias[0] = 10.0  # q_halt ~ +10 everywhere
+        head.act.reasoner.heads.q_head.bias[0] = 10.0  # q_halt ~ +10 everywhere
     result = adaptive_evaluate(head, grid_batches(), max_steps=4, threshold=0.0)
     assert result["steps"] == 1 and result["halted_early"] == 1
     assert_same_metrics(result, evaluate(head, grid_batches(), halt_max_steps=1), keys=("accuracy", "exact_accuracy"))
@@ -246,7 +240,7 @@ def test_forced_halting_on_a_real_model():
 def test_no_change_rule_on_a_constant_model():
     head = tiny_pure(halt_max_steps=8)
     with torch.no_grad():
-        head.act.reasoner.lm_head.weight.zero_()  # every prediction is token 0 at every step
+        head.act.reasoner.heads.output.weight.zero_()  # every prediction is token 0 at every step
     result = adaptive_evaluate(head, grid_batches(), max_steps=8, patience=3)
     assert result["steps"] == 4
 
@@ -277,21 +271,23 @@ def test_hybrid_model_folder_and_tokenized_dataset(tmp_path):
     )  # fmt: skip
     HybridRecursiveForTokenClassification(config).save_pretrained(tmp_path / "model")
     _, tokenizer = load_backbone(str(backbone))
+    tokenizer.save_pretrained(tmp_path / "model")  # as train_hybrid.py does: traces decode with it, offline
     data = tokenize_dataset(make_text_sudoku(5, n=4, num_blanks=6), tokenizer, level="token", max_length=128)
     data.save_to_disk(str(tmp_path / "data"))
 
     model = load_research_model(tmp_path / "model")
-    assert model.kind == "hybrid" and model.trained_steps == 2 and model.backbone == str(backbone)
+    assert model.kind == "hybrid" and model.trained_steps == 2
+    assert model.hf_model.config.backbone_name_or_path == str(backbone)
     batches = list(research_batches(model, tmp_path / "data", global_batch_size=2))
     assert [int(m.sum()) for _, m in batches] == [2, 2, 1]
     # A frozen backbone runs once per batch, not at every supervision step; the results are those of live features.
     assert all(b["features"].shape[:2] == b["input_ids"].shape for b, _ in batches)
-    rows = depth_sweep(model.loss_head, batches, steps=[2])
+    rows = depth_sweep(model.act_loss, batches, steps=[2])
     live = [({k: v for k, v in b.items() if k != "features"}, m) for b, m in batches]
-    assert_same_metrics(depth_sweep(model.loss_head, live, steps=[2])[0], rows[0])
-    assert_same_metrics(rows[0], evaluate(model.loss_head, batches, halt_max_steps=2))
+    assert_same_metrics(depth_sweep(model.act_loss, live, steps=[2])[0], rows[0])
+    assert_same_metrics(rows[0], evaluate(model.act_loss, batches, halt_max_steps=2))
     assert rows[0]["count"] == 5 and rows[0]["net_calls"] == 2 * 2 * 2
-    fixed = adaptive_evaluate(model.loss_head, batches, max_steps=2)
+    fixed = adaptive_evaluate(model.act_loss, batches, max_steps=2)
     assert_same_metrics(fixed, rows[0], keys=("accuracy", "exact_accuracy", "count"))
 
     _recipe("trace").main([
@@ -360,7 +356,7 @@ def test_recipes_on_a_pure_run(tmp_path):
     model = load_research_model(tmp_path / "run")
     batches = list(research_batches(model, data, global_batch_size=256))
     trained = [r for r in summary["rows"] if (r["L_cycles"], r["steps"]) == (1, 3)]
-    assert_same_metrics(trained[0], evaluate(model.loss_head, batches, halt_max_steps=3))
+    assert_same_metrics(trained[0], evaluate(model.act_loss, batches, halt_max_steps=3))
     adaptive = json.loads((sweep_dir / "adaptive.json").read_text())
     assert [r["rule"] for r in adaptive] == ["threshold=0", "patience=1"]
     assert all((sweep_dir / name).is_file() for name in ("sweep.png", "adaptive.png"))

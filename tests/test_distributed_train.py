@@ -85,7 +85,7 @@ def test_hybrid_two_processes_equal_one(tmp_path):
 
     bert = make_tiny_backbone("bert", tmp_path / "bert")
     common = [
-        "--config", str(REPO / "configs" / "hybrid" / "default.yaml"), f"model.backbone={bert}", "run.trackers=[]",
+        "--config", str(REPO / "configs" / "hybrid" / "default.yaml"), f"model.backbone_name_or_path={bert}", "run.trackers=[]",
         "run.progress_bar=false", "model.hidden_size=32", "model.num_heads=2", "model.L_layers=1",
         "model.halt_max_steps=2", "model.halt_exploration_prob=0.0", "task.num_train=64", "task.num_test=16",
         "training.global_batch_size=16", "training.total_steps=6", "training.lr_warmup_steps=2", "eval.interval=0",

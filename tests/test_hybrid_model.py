@@ -52,7 +52,7 @@ def test_forward_train_step_and_round_trip(tiny_backbones, arch, tmp_path):
     assert out.logits.shape == (*batch["input_ids"].shape, 4)
     out.loss.backward()
     assert all(p.grad is None for p in model.backbone.parameters())
-    assert model.proj.weight.grad.abs().sum() > 0 and model.output.weight.grad.abs().sum() > 0
+    assert model.reasoner.encoder.proj.weight.grad.abs().sum() > 0 and model.reasoner.heads.output.weight.grad.abs().sum() > 0
 
     model.eval()
     expected = model(batch["input_ids"], batch["attention_mask"]).logits
@@ -65,10 +65,10 @@ def test_forward_train_step_and_round_trip(tiny_backbones, arch, tmp_path):
     _assert_backbone_equals_saved(loaded, folder)
 
 
-def _saved_keys(folder):
+def _saved_keys(folder, name="model.safetensors"):
     from safetensors import safe_open
 
-    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+    with safe_open(str(folder / name), framework="pt") as f:
         return list(f.keys())
 
 
@@ -121,7 +121,7 @@ def test_lora_changes_only_adapter_and_head(tiny_backbones, tmp_path):
     model = HybridRecursiveForTokenClassification(_config(tiny_backbones["bert"], lora_r=4, head="linear")).train()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("lora_" in n for n in trainable)
-    assert all("lora_" in n for n in trainable if n.startswith("backbone."))
+    assert all("lora_" in n for n in trainable if n.startswith("reasoner.encoder.backbone."))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     for _ in range(2):  # LoRA B starts at zero, so A only moves from the second step
@@ -131,12 +131,15 @@ def test_lora_changes_only_adapter_and_head(tiny_backbones, tmp_path):
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and changed <= trainable
     assert any("lora_A" in n for n in changed) and any("lora_B" in n for n in changed)
-    assert "output.weight" in changed
+    assert "reasoner.heads.output.weight" in changed
 
     model.eval()
     expected = model(batch["input_ids"], batch["attention_mask"]).logits
     model.save_pretrained(tmp_path / "lora")
-    assert any("lora_" in key for key in _saved_keys(tmp_path / "lora"))
+    # The adapter is saved in PEFT's own format beside the head, and only there.
+    assert not any("lora_" in key for key in _saved_keys(tmp_path / "lora"))
+    assert (tmp_path / "lora" / "adapter" / "adapter_config.json").is_file()
+    assert any("lora_" in key for key in _saved_keys(tmp_path / "lora" / "adapter", "adapter_model.safetensors"))
     loaded = HybridRecursiveForTokenClassification.from_pretrained(tmp_path / "lora")
     torch.testing.assert_close(loaded(batch["input_ids"], batch["attention_mask"]).logits, expected, rtol=0, atol=0)
 
@@ -147,17 +150,17 @@ def test_baselines_train_through_the_act_loop(tiny_backbones, head):
     batch = _chain_batch(tokenizer)
     model = hybrid_model_for(_config(tiny_backbones["distilbert"], head=head, task="sequence", num_labels=2))
     recursive = hybrid_model_for(_config(tiny_backbones["distilbert"], task="sequence", num_labels=2))
-    head_params = sum(p.numel() for p in model.head.parameters())
+    head_params = sum(p.numel() for p in model.reasoner.core.parameters())
     if head == "transformer":  # same blocks as the recursive core (L_layers for TRM)
-        assert head_params == sum(p.numel() for p in recursive.head.parameters())
-    loss_head = model.act_loss_head().train()
-    carry = loss_head.initial_carry(batch)
-    carry, loss, metrics, preds, all_halted = loss_head(carry, batch)
+        assert head_params == sum(p.numel() for p in recursive.reasoner.core.parameters())
+    act_loss = model.act_loss().train()
+    carry = act_loss.initial_carry(batch)
+    carry, loss, metrics, preds, all_halted = act_loss(carry, batch)
     assert preds["logits"].shape == (4, 1, 2) and torch.equal(preds["q_halt_logits"], torch.zeros(4))
     loss.backward()
     if head != "linear":
-        assert all(p.grad is not None for p in model.head.parameters())
-    assert model.proj.weight.grad is not None
+        assert all(p.grad is not None for p in model.reasoner.core.parameters())
+    assert model.reasoner.encoder.proj.weight.grad is not None
 
 
 @pytest.mark.parametrize("core", ["trm", "hrm", "trm_singlez"])
@@ -165,18 +168,18 @@ def test_act_loop_drives_the_recursive_head(tiny_backbones, core):
     _, tokenizer = load_backbone(str(tiny_backbones["llama_sentencepiece"]))
     batch = _sudoku_batch(tokenizer)
     model = hybrid_model_for(_config(tiny_backbones["llama_sentencepiece"], core=core))
-    loss_head = model.act_loss_head().train()
-    carry = loss_head.initial_carry(batch)
+    act_loss = model.act_loss().train()
+    carry = act_loss.initial_carry(batch)
     for _ in range(model.config.halt_max_steps):
-        carry, loss, metrics, preds, all_halted = loss_head(carry, batch)
+        carry, loss, metrics, preds, all_halted = act_loss(carry, batch)
         loss.backward()
     assert all_halted  # at halt_max_steps every slot halts
     assert ("q_continue_loss" in metrics) == (core == "hrm")
     # Cached features give the same step as running the backbone.
     model.eval()
     features = model.backbone_features(batch["input_ids"], batch["attention_mask"])
-    live = model.step(model.empty_carry(batch), batch)
-    cached = model.step(model.empty_carry(batch), {**batch, "features": features})
+    live = model.reasoner(model.reasoner.empty_carry(batch), batch)
+    cached = model.reasoner(model.reasoner.empty_carry(batch), {**batch, "features": features})
     torch.testing.assert_close(live.logits, cached.logits)
 
 
@@ -187,8 +190,12 @@ def test_bad_inputs_raise_clear_errors(tiny_backbones, tmp_path):
         HybridRecursiveConfig(hidden_size=30, num_heads=4)
     with pytest.raises(ValueError, match="sequence-level model but config.task is 'token'"):
         HybridRecursiveForSequenceClassification(_config(tiny_backbones["bert"]))
-    with pytest.raises(ValueError, match="no model.safetensors"):
-        HybridRecursiveForTokenClassification.from_pretrained(tmp_path)
     model = HybridRecursiveForTokenClassification(_config(tiny_backbones["bert"]))
+    model.config.save_pretrained(tmp_path / "config_only")
+    with pytest.raises(OSError, match="model.safetensors"):
+        HybridRecursiveForTokenClassification.from_pretrained(tmp_path / "config_only")
     with pytest.raises(ValueError, match="unsupported arguments"):
-        model.save_pretrained(tmp_path / "x", safe_serialization=False)
+        HybridRecursiveForTokenClassification.from_pretrained(tmp_path / "config_only", colour="blue")
+    model.config.backbone_name_or_path = None
+    with pytest.raises(ValueError, match="no name or path to refer to"):
+        model.save_pretrained(tmp_path / "x")

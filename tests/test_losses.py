@@ -7,7 +7,7 @@ from torch import nn
 
 from hybrid.core.act import ACT, ReasonerOutput
 from hybrid.core.losses import (
-    ACTLossHead,
+    ACTLoss,
     act_metrics,
     per_sequence_lm_loss,
     softmax_cross_entropy,
@@ -88,12 +88,12 @@ class FixedReasoner(nn.Module):
         return ReasonerOutput(carry, self.logits, self.q_halt, self.q_continue, carry)
 
 
-def test_loss_head_sums_lm_and_halves_the_q_losses():
+def test_act_loss_sums_lm_and_halves_the_q_losses():
     logits = torch.randn(2, 3, 4)
     labels = torch.tensor([[1, 2, 3], [0, -100, 1]])
     q_halt, q_cont = torch.tensor([0.3, -0.2]), torch.tensor([0.1, 0.5])
     batch = {"labels": labels}
-    head = ACTLossHead(
+    head = ACTLoss(
         ACT(FixedReasoner(logits, q_halt, q_cont), halt_max_steps=4, halt_exploration_prob=0.0), loss_type="softmax_cross_entropy"
     ).eval()
     carry, loss, metrics, preds, all_halted = head(head.initial_carry(batch), batch)
@@ -108,13 +108,13 @@ def test_loss_head_sums_lm_and_halves_the_q_losses():
     assert head.act.reasoner.logits.grad is not None
 
 
-def test_loss_head_adds_the_continue_loss_when_the_act_gives_a_target():
+def test_act_loss_adds_the_continue_loss_when_the_act_gives_a_target():
     logits = torch.randn(2, 3, 4)
     batch = {"labels": torch.tensor([[1, 2, 3], [0, 1, 1]])}
     q_halt, q_cont = torch.tensor([-1.0, -2.0]), torch.tensor([0.5, 0.4])
     act = ACT(FixedReasoner(logits, q_halt, q_cont), halt_max_steps=4, halt_exploration_prob=0.0,
               halt_rule="q_halt_vs_continue", compute_target_q=True)
-    head = ACTLossHead(act).train()
+    head = ACTLoss(act).train()
     _, loss, metrics, _, _ = head(head.initial_carry(batch), batch)
     target = torch.sigmoid(torch.maximum(q_halt, q_cont))
     expected_continue = F.binary_cross_entropy_with_logits(q_cont, target, reduction="sum")
@@ -122,12 +122,18 @@ def test_loss_head_adds_the_continue_loss_when_the_act_gives_a_target():
     torch.testing.assert_close(loss, metrics["lm_loss"] + 0.5 * (metrics["q_halt_loss"] + expected_continue))
 
 
-def test_loss_head_bad_input():
+def test_act_loss_bad_input():
     act = ACT(FixedReasoner(torch.randn(1, 2, 3), torch.zeros(1), torch.zeros(1)), halt_max_steps=2,
               halt_exploration_prob=0.0)
     with pytest.raises(ValueError, match="loss_type must be one of"):
-        ACTLossHead(act, loss_type="mse")
-    head = ACTLossHead(act)
+        ACTLoss(act, loss_type="mse")
+
+
+def test_act_loss_without_labels_is_inference():
+    logits = torch.randn(1, 2, 3)
+    act = ACT(FixedReasoner(logits, torch.zeros(1), torch.zeros(1)), halt_max_steps=2, halt_exploration_prob=0.0)
+    head = ACTLoss(act)
     batch = {"inputs": torch.zeros(1, 2)}
-    with pytest.raises(ValueError, match="needs a 'labels' entry"):
-        head(head.initial_carry(batch), batch)
+    result = head(head.initial_carry(batch), batch)
+    assert result.loss is None and result.metrics == {}
+    assert torch.equal(result.outputs["preds"], logits.argmax(-1))

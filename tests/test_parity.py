@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from hybrid.core.act import ACTCarry
-from hybrid.core.losses import ACTLossHead
+from hybrid.core.losses import ACTLoss
 from hybrid.models.pure import PureReasoner
 from hybrid.models.reference import from_official, official_to_ours
 
@@ -38,11 +38,11 @@ class Oracle:
         m = self.cfg["model_cfg"]
         return 1e-4 if m.get("mlp_t") and m["seq_len"] + self.cfg["puzzle_emb_len"] > 64 else 1e-5
 
-    def build(self) -> tuple[PureReasoner, ACTLossHead]:
+    def build(self) -> tuple[PureReasoner, ACTLoss]:
         reasoner, act = from_official(
             self.cfg["model_cfg"], self.state_dict, family=self.cfg["family"], loss_type=self.cfg["loss_type"]
         )
-        return reasoner, ACTLossHead(act, loss_type=self.cfg["loss_type"])
+        return reasoner, ACTLoss(act, loss_type=self.cfg["loss_type"])
 
 
 @functools.cache
@@ -164,7 +164,7 @@ def test_train_steps_with_persistent_carry(oracle):
         grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.double().norm() for p in dense.values()]))
         assert_close(grad_norm, d["train_grad_norm"][k], tol, f"{what} dense grad norm")
         assert_close(
-            reasoner.puzzle_emb.local_weights.grad.double().norm(),
+            reasoner.encoder.puzzle_emb.local_weights.grad.double().norm(),
             d["train_puzzle_emb_grad_norm"][k],
             tol,
             f"{what} puzzle-embedding grad norm",

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from hybrid.core.losses import ACTLossHead
+from hybrid.core.losses import ACTLoss
 from hybrid.models.pure import PureConfig, PureReasoner, build_pure_model
 from hybrid.models.reference import (
     CheckpointMismatchError,
@@ -62,22 +62,22 @@ def test_input_embedding_is_scaled_prefix_then_tokens():
     cfg = tiny(puzzle_emb_ndim=8)  # the vector fills half of the first prefix position
     model = PureReasoner(cfg).eval()
     with torch.no_grad():
-        model.puzzle_emb.weights.normal_()
+        model.encoder.puzzle_emb.weights.normal_()
     b = grid_batch(cfg)
-    x = model.input_embeddings(b["inputs"], b["puzzle_identifiers"])
+    x, _ = model.encoder(b)
     scale = math.sqrt(cfg.hidden_size)
     assert x.shape == (3, cfg.total_len, cfg.hidden_size)
-    torch.testing.assert_close(x[:, 0, :8], scale * model.puzzle_emb.weights[b["puzzle_identifiers"]])
+    torch.testing.assert_close(x[:, 0, :8], scale * model.encoder.puzzle_emb.weights[b["puzzle_identifiers"]])
     assert torch.count_nonzero(x[:, 0, 8:]) == 0 and torch.count_nonzero(x[:, 1]) == 0
-    torch.testing.assert_close(x[:, 2:], scale * model.embed_tokens.weight[b["inputs"]])
+    torch.testing.assert_close(x[:, 2:], scale * model.encoder.embed_tokens.weight[b["inputs"]])
 
 
 def test_learned_positions_are_mixed_by_one_over_sqrt2():
     cfg = tiny(pos_encodings="learned", puzzle_emb_ndim=0, puzzle_emb_len=0)
     model = PureReasoner(cfg)
     b = grid_batch(cfg)
-    x = model.input_embeddings(b["inputs"], b["puzzle_identifiers"])
-    expected = math.sqrt(16) * 0.707106781 * (model.embed_tokens.weight[b["inputs"]] + model.embed_pos.weight)
+    x, _ = model.encoder(b)
+    expected = math.sqrt(16) * 0.707106781 * (model.encoder.embed_tokens.weight[b["inputs"]] + model.encoder.embed_pos.weight)
     torch.testing.assert_close(x, expected)
 
 
@@ -122,13 +122,13 @@ def test_cycle_override_through_act_matches_a_model_built_with_those_cycles():
 def test_train_step_gives_gradients_to_dense_params_and_puzzle_rows():
     cfg = tiny()
     reasoner, act = build_pure_model(cfg)
-    head = ACTLossHead(act).train()
+    head = ACTLoss(act).train()
     b = grid_batch(cfg)
     _, loss, *_ = head(head.initial_carry(b), b)
     loss.backward()
     assert all(p.grad is not None for p in reasoner.parameters())
-    assert reasoner.puzzle_emb.local_weights.grad.shape == (3, cfg.puzzle_emb_ndim)
-    assert torch.equal(reasoner.puzzle_emb.local_ids, b["puzzle_identifiers"])
+    assert reasoner.encoder.puzzle_emb.local_weights.grad.shape == (3, cfg.puzzle_emb_ndim)
+    assert torch.equal(reasoner.encoder.puzzle_emb.local_ids, b["puzzle_identifiers"])
 
 
 @pytest.mark.parametrize(
@@ -161,7 +161,7 @@ def test_loader_accepts_any_official_prefix(trm_tiny):
     for prefix in ("_orig_mod.model.inner.", "model.inner.", "inner.", ""):
         stripped = {prefix + k.removeprefix("_orig_mod.model.inner."): v for k, v in sd.items()}
         reasoner, _ = from_official(cfg["model_cfg"], stripped, family="trm")
-        torch.testing.assert_close(reasoner.lm_head.weight, sd["_orig_mod.model.inner.lm_head.weight"])
+        torch.testing.assert_close(reasoner.heads.output.weight, sd["_orig_mod.model.inner.lm_head.weight"])
         torch.testing.assert_close(
             reasoner.core.net.layers[1].attn.qkv.weight,
             sd["_orig_mod.model.inner.L_level.layers.1.self_attn.qkv_proj.weight"],
@@ -177,9 +177,9 @@ def test_loader_lists_missing_unexpected_and_mis_shaped_keys(trm_tiny):
     with pytest.raises(CheckpointMismatchError) as info:
         from_official(cfg["model_cfg"], bad, family="trm")
     text = str(info.value)
-    assert "missing keys: ['lm_head.weight']" in text
+    assert "missing keys: ['heads.output.weight']" in text
     assert "unexpected keys: ['extra.weight']" in text
-    assert "q_head.bias: checkpoint (3,) vs model (2,)" in text
+    assert "heads.q_head.bias: checkpoint (3,) vs model (2,)" in text
 
 
 def test_loader_rejects_a_model_of_another_size(trm_tiny):

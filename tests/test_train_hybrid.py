@@ -27,7 +27,7 @@ def bert(tmp_path_factory):
 def overrides(backbone, out, steps=8, **extra):
     args = {
         "run.output_dir": out, "run.trackers": "[]", "run.progress_bar": "false", "run.log_every": 1,
-        "model.backbone": backbone, "model.hidden_size": 32, "model.num_heads": 2, "model.L_layers": 1,
+        "model.backbone_name_or_path": backbone, "model.hidden_size": 32, "model.num_heads": 2, "model.L_layers": 1,
         "model.halt_max_steps": 2, "task.num_train": 64, "task.num_test": 24, "training.global_batch_size": 16,
         "training.total_steps": steps, "training.lr_warmup_steps": 2, "eval.interval": 0,
     } | extra
@@ -36,11 +36,17 @@ def overrides(backbone, out, steps=8, **extra):
 
 def test_default_config_is_the_documented_main_job():
     from hybrid.config import load_config
-    from hybrid.train.hybrid_config import HybridTrainConfig
+    from hybrid.train.config import HybridTrainConfig
 
     cfg = load_config(HybridTrainConfig, train_hybrid.DEFAULT_CONFIG)
-    assert cfg.model.backbone == "sentence-transformers/all-MiniLM-L6-v2"
-    assert cfg.task.name == "text_sudoku" and cfg.model.head == "recursive"
+    assert cfg.task.name == "text_sudoku"
+    # The main job's model, pinned: its section fills HybridRecursiveConfig, whose own defaults differ.
+    m = cfg.model_config(task="token", num_labels=4)
+    assert m.backbone_name_or_path == "sentence-transformers/all-MiniLM-L6-v2" and m.backbone_layers == [-1]
+    assert (m.head, m.core, m.hidden_size, m.num_heads, m.expansion, m.H_cycles, m.L_cycles, m.L_layers) == (
+        "recursive", "trm", 128, 4, 4.0, 2, 2, 2
+    )
+    assert (m.halt_max_steps, m.halt_exploration_prob, m.loss_type, m.lora_r) == (4, 0.1, "softmax_cross_entropy", 0)
 
 
 def test_trains_exports_and_reloads_with_the_same_results(tmp_path, bert):
@@ -63,10 +69,10 @@ def test_trains_exports_and_reloads_with_the_same_results(tmp_path, bert):
     tokenizer = AutoTokenizer.from_pretrained(out / "model")
     cfg = train_hybrid.load_config(train_hybrid.HybridTrainConfig, out / "config.yaml")
     _, tests, level, _, one_token = train_hybrid.make_task(cfg)
-    examples = train_hybrid.prepare_examples(cfg, tests, tokenizer, model.backbone, level, one_token)["test"]
+    examples = train_hybrid.prepare_examples(cfg, model.config, tests, tokenizer, model.backbone, level, one_token)["test"]
     pad_to = max(len(examples[i]["input_ids"]) for i in range(len(examples)))
     batches = padded_batches(examples, TextCollator(tokenizer.pad_token_id, pad_to=pad_to), global_batch_size=16)
-    again = evaluate(model.act_loss_head(), batches, halt_max_steps=2)
+    again = evaluate(model.act_loss(), batches, halt_max_steps=2)
     assert again["count"] == results["results"]["test"]["count"] == 24
     assert again["accuracy"] == pytest.approx(results["results"]["test"]["accuracy"], abs=1e-9)
 
@@ -78,7 +84,7 @@ def test_resume_is_exact_and_checkpoints_leave_out_the_frozen_backbone(tmp_path,
     train_hybrid.main(overrides(bert, split) + ["run.resume=auto"])
     a = load_file(full / "checkpoints" / "step_00000008" / "model.safetensors")
     b = load_file(split / "checkpoints" / "step_00000008" / "model.safetensors")
-    assert not any(key.startswith("backbone.") for key in a)
+    assert not any(".backbone." in key for key in a)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -94,7 +100,7 @@ def test_chain_held_out_sets_hold_no_training_text():
     # Regression: one-fact chain texts repeat (40 x 39 x 2 of them), so test sets drawn independently of the training
     # set shared texts with it.
     from hybrid.config import load_config
-    from hybrid.train.hybrid_config import HybridTrainConfig
+    from hybrid.train.config import HybridTrainConfig
 
     cfg = load_config(HybridTrainConfig, REPO / "configs" / "hybrid" / "chain.yaml", [
         "task.hops=[1]", "task.test_hops=[2]", "task.extra_links=0", "task.distractor_length=0",
@@ -124,4 +130,4 @@ def test_lora_run_through_the_recipe_keeps_the_adapter(tmp_path, bert):
                                                       "feature_cache": "none", "training.lr_warmup_steps": 1}))
     saved = load_file(out / "checkpoints" / "step_00000002" / "model.safetensors")
     adapters = [k for k in saved if "lora_" in k]
-    assert adapters and not [k for k in saved if k.startswith("backbone.") and "lora_" not in k]
+    assert adapters and not [k for k in saved if ".backbone." in k and "lora_" not in k]

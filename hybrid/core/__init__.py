@@ -15,13 +15,13 @@ from hybrid.core.layers import (
     rms_norm,
     trunc_normal_init_,
 )
-from hybrid.core.losses import ACTLossHead, stablemax_cross_entropy, softmax_cross_entropy
+from hybrid.core.losses import ACTLoss, stablemax_cross_entropy, softmax_cross_entropy
 from hybrid.core.recursion import HRMCore, SingleZCore, TRMCore
 
 __all__ = [
     "ACT",
     "ACTCarry",
-    "ACTLossHead",
+    "ACTLoss",
     "Attention",
     "Block",
     "CastedEmbedding",

@@ -11,8 +11,9 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor, nn
 
+from hybrid.core.recursion import Carry
+
 Batch = dict[str, Tensor]
-Carry = tuple[Tensor, ...]
 
 
 @dataclass
@@ -43,6 +44,24 @@ class ACTCarry:
 
 
 HaltRule = Literal["q_halt", "q_halt_vs_continue"]
+HALT_RULES = ("q_halt", "q_halt_vs_continue")
+
+
+def halting_rule(core: str, rule: HaltRule | None = None, *, learns_halting: bool = True) -> tuple[HaltRule, bool]:
+    """(halt rule, whether the Q-continue target is computed) for both modes, from the core kind.
+
+    HRM halts when q_halt > q_continue and learns q_continue from a bootstrapped target (HRM paper, section 2.3);
+    TRM and single-z halt when q_halt > 0 and have no continue target (TRM paper, section 4.6). An explicit `rule`
+    overrides the core's own, and "q_halt_vs_continue" always trains q_continue: a rule reading a logit that is never
+    trained would halt at random. A core that does not learn halting (the non-recursive baselines) never halts early.
+    """
+    if rule is not None and rule not in HALT_RULES:
+        raise ValueError(f"halt rule must be one of {HALT_RULES} or None, got {rule!r}")
+    if not learns_halting:
+        return "q_halt", False
+    if rule is None:
+        rule = "q_halt_vs_continue" if core == "hrm" else "q_halt"
+    return rule, rule == "q_halt_vs_continue"
 
 
 class ACT(nn.Module):
@@ -68,8 +87,8 @@ class ACT(nn.Module):
             raise ValueError(f"halt_max_steps must be >= 1, got {halt_max_steps}")
         if not 0.0 <= halt_exploration_prob <= 1.0:
             raise ValueError(f"halt_exploration_prob must be in [0, 1], got {halt_exploration_prob}")
-        if halt_rule not in ("q_halt", "q_halt_vs_continue"):
-            raise ValueError(f"halt_rule must be 'q_halt' or 'q_halt_vs_continue', got {halt_rule!r}")
+        if halt_rule not in HALT_RULES:
+            raise ValueError(f"halt_rule must be one of {HALT_RULES}, got {halt_rule!r}")
         self.reasoner = reasoner
         self.halt_max_steps = halt_max_steps
         self.halt_exploration_prob = halt_exploration_prob

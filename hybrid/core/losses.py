@@ -4,7 +4,7 @@ Everything here is a *sum* over slots: the training loop divides the loss by the
 `count` (the slots that halted this step and have at least one label).
 """
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -104,7 +104,19 @@ def act_metrics(
     return metrics, seq_correct
 
 
-class ACTLossHead(nn.Module):
+class StepResult(NamedTuple):
+    """One supervision step with its loss. `outputs` holds the model outputs (logits with their graph), the argmax
+    `preds` and, with labels, each row's detached loss terms `lm_loss`, `q_halt_loss` (and `q_continue_loss`) [B], so
+    rollouts can account for rows that stop at different steps."""
+
+    carry: ACTCarry
+    loss: Tensor | None  # sum over slots; None without labels
+    metrics: dict[str, Tensor]  # sums over the slots that halted this step (see act_metrics); empty without labels
+    outputs: dict[str, Tensor]
+    all_halted: Tensor
+
+
+class ACTLoss(nn.Module):
     """One supervision step with its loss: lm_loss + 0.5 * (q_halt_loss + q_continue_loss), all sums over slots."""
 
     def __init__(self, act: ACT, *, loss_type: LossType = "stablemax_cross_entropy"):
@@ -117,27 +129,33 @@ class ACTLossHead(nn.Module):
     def initial_carry(self, batch: Batch) -> ACTCarry:
         return self.act.initial_carry(batch)
 
-    def forward(
-        self, carry: ACTCarry, batch: Batch, **act_kwargs
-    ) -> tuple[ACTCarry, Tensor, dict[str, Tensor], dict[str, Tensor], Tensor]:
-        """Returns (new carry, loss sum, metric sums, detached outputs with `preds`, whether every slot halted)."""
+    def forward(self, carry: ACTCarry, batch: Batch, **act_kwargs) -> StepResult:
+        """A batch without 'labels' (inference) gives no loss and no metrics."""
         carry, outputs = self.act(carry, batch, **act_kwargs)
-        if "labels" not in carry.current_data:
-            raise ValueError(f"the batch needs a 'labels' entry for the loss; it has {sorted(carry.current_data)}")
-        labels = carry.current_data["labels"]
         logits = outputs["logits"]
+        outputs = dict(outputs, preds=logits.detach().argmax(-1))
+        labels = carry.current_data.get("labels")
+        if labels is None:
+            return StepResult(carry, None, {}, outputs, carry.halted.all())
 
         metrics, seq_correct = act_metrics(logits, labels, outputs["q_halt_logits"], carry.halted, carry.steps)
-        lm_loss = per_sequence_lm_loss(logits, labels, self.loss_type).sum()
+        row_lm_loss = per_sequence_lm_loss(logits, labels, self.loss_type)
+        lm_loss = row_lm_loss.sum()
         halt_loss = q_halt_loss(outputs["q_halt_logits"], seq_correct)
         metrics["lm_loss"] = lm_loss.detach()
         metrics["q_halt_loss"] = halt_loss.detach()
         loss = lm_loss + 0.5 * halt_loss
+        with torch.no_grad():
+            outputs["lm_loss"] = row_lm_loss.detach()
+            outputs["q_halt_loss"] = F.binary_cross_entropy_with_logits(
+                outputs["q_halt_logits"], seq_correct.to(outputs["q_halt_logits"].dtype), reduction="none"
+            )
         if "target_q_continue" in outputs:
             continue_loss = q_continue_loss(outputs["q_continue_logits"], outputs["target_q_continue"])
             metrics["q_continue_loss"] = continue_loss.detach()
             loss = loss + 0.5 * continue_loss
-
-        preds = {k: v.detach() for k, v in outputs.items()}
-        preds["preds"] = logits.detach().argmax(-1)
-        return carry, loss, metrics, preds, carry.halted.all()
+            with torch.no_grad():
+                outputs["q_continue_loss"] = F.binary_cross_entropy_with_logits(
+                    outputs["q_continue_logits"], outputs["target_q_continue"], reduction="none"
+                )
+        return StepResult(carry, loss, metrics, outputs, carry.halted.all())

@@ -20,12 +20,8 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from hybrid.core.act import Batch
-from hybrid.core.losses import (
-    IGNORE_LABEL_ID,
-    ACTLossHead,
-    as_token_labels,
-    correctness,
-)
+from hybrid.core.losses import IGNORE_LABEL_ID, ACTLoss, as_token_labels, correctness
+from hybrid.core.rollout import rollout
 from hybrid.eval.pictures import render_steps
 
 
@@ -67,21 +63,21 @@ def _relative_change(new: Tensor, old: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def record_trace(loss_head: ACTLossHead, batch: Batch, *, steps: int, **step_kwargs) -> Trace:
+def record_trace(act_loss: ACTLoss, batch: Batch, *, steps: int, **step_kwargs) -> Trace:
     """Run `batch` for `steps` supervision steps from a fresh carry (eval mode); step_kwargs: H_cycles / L_cycles."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if "labels" not in batch:
         raise ValueError(f"a trace needs the batch's 'labels'; it has {sorted(batch)}")
-    was_training = loss_head.training
-    loss_head.eval()
+    was_training = act_loss.training
+    act_loss.eval()
     try:
-        carry = loss_head.initial_carry(batch)
-        previous = loss_head.act.reasoner.reset_carry(carry.halted, carry.inner)
+        initial = act_loss.initial_carry(batch)
+        previous = act_loss.act.reasoner.reset_carry(initial.halted, initial.inner)
         names = latent_names(len(previous))
         preds, q_halt, correct, changes = [], [], [], {name: [] for name in names}
-        for _ in range(steps):
-            carry, _, _, outputs, _ = loss_head(carry, batch, halt_max_steps=steps, **step_kwargs)
+        for step in rollout(act_loss, batch, max_steps=steps, **step_kwargs):
+            carry, outputs = step.result.carry, step.result.outputs
             preds.append(outputs["preds"].cpu())
             q_halt.append(outputs["q_halt_logits"].cpu())
             correct.append(correctness(outputs["logits"], carry.current_data["labels"])[1].cpu())
@@ -89,7 +85,7 @@ def record_trace(loss_head: ACTLossHead, batch: Batch, *, steps: int, **step_kwa
                 changes[name].append(_relative_change(new, old).cpu())
             previous = carry.inner
     finally:
-        loss_head.train(was_training)
+        act_loss.train(was_training)
     labels = as_token_labels(outputs["logits"], batch["labels"]).cpu()
     return Trace(
         batch={k: v.cpu() for k, v in batch.items()},

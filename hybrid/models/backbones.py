@@ -110,9 +110,15 @@ def backbone_max_length(config, tokenizer: PreTrainedTokenizerBase | None = None
     return min(limits) if limits else None
 
 
-def backbone_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, layers: list[int]) -> Tensor:
-    """[B, L, D * len(layers)]: the chosen `hidden_states` entries (0 = embeddings, -1 = last) concatenated."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, return_dict=True)
+def backbone_hidden_states(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, layers: list[int], token_type_ids: Tensor | None = None
+) -> Tensor:
+    """[B, L, D * len(layers)]: the chosen `hidden_states` entries (0 = embeddings, -1 = last) concatenated.
+    `token_type_ids` (BERT-style tokenizers return them) are passed on when given."""
+    extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+    out = model(
+        input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, return_dict=True, **extra
+    )
     hidden_states = out.hidden_states
     count = len(hidden_states)
     for layer in layers:

@@ -9,12 +9,14 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from hybrid.core.act import HALT_RULES
+from hybrid.core.losses import LOSS_FUNCTIONS
+from hybrid.models.reasoner import BASELINE_KINDS, RECURSIVE_KINDS
+
 DEFAULT_BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
 
-CORES = ("trm", "hrm", "trm_singlez")
-HEADS = ("recursive", "linear", "mlp", "transformer")
+HEADS = ("recursive", *BASELINE_KINDS)
 TASKS = ("token", "sequence")
-LOSS_TYPES = ("stablemax_cross_entropy", "softmax_cross_entropy")
 
 
 @strict(accept_kwargs=True)
@@ -29,12 +31,15 @@ class HybridRecursiveConfig(PreTrainedConfig):
     hidden_size, num_heads, expansion, rms_norm_eps: width, attention heads and SwiGLU expansion of the head's blocks.
     H_cycles, L_cycles: T and n of one supervision step. L_layers: blocks of the TRM network (HRM's L network);
         H_layers: blocks of HRM's H network (unused by TRM).
-    halt_max_steps, halt_exploration_prob: deep supervision / ACT (spec 2.1). halt_rule: "q_halt" (TRM) or
-        "q_halt_vs_continue" (HRM); None picks the core's own rule.
+    halt_max_steps, halt_exploration_prob: deep supervision / ACT. halt_rule: "q_halt" (TRM) or
+        "q_halt_vs_continue" (HRM, which also trains the Q-continue logit); None picks the core's own rule
+        (`hybrid.core.act.halting_rule`).
     loss_type: "stablemax_cross_entropy" or "softmax_cross_entropy".
-    task: "token" (one label per token) or "sequence" (one label per text); num_labels: output classes.
+    task: "token" (one label per token) or "sequence" (one label per text); num_labels / id2label / label2id: the
+        output classes and their names (transformers' own fields).
     lora_r: 0 keeps the backbone frozen; > 0 trains LoRA adapters of that rank (PEFT) with `lora_alpha` and
         `lora_target_modules` (None: PEFT's default for the architecture).
+    backbone_in_checkpoint: written by `save_pretrained`: whether the saved weights include the backbone's.
     """
 
     model_type = "hybrid_recursive"
@@ -63,17 +68,18 @@ class HybridRecursiveConfig(PreTrainedConfig):
     lora_r: int = 0
     lora_alpha: int = 16
     lora_target_modules: list[str] | None = None
+    backbone_in_checkpoint: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.backbone_layers is None:
             self.backbone_layers = [-1]
-        choices = {"head": HEADS, "core": CORES, "task": TASKS, "loss_type": LOSS_TYPES}
+        choices = {"head": HEADS, "core": RECURSIVE_KINDS, "task": TASKS, "loss_type": tuple(LOSS_FUNCTIONS)}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"HybridRecursiveConfig.{key} must be one of {allowed}, got {getattr(self, key)!r}")
-        if self.halt_rule not in (None, "q_halt", "q_halt_vs_continue"):
-            raise ValueError(f"HybridRecursiveConfig.halt_rule must be None, 'q_halt' or 'q_halt_vs_continue', got {self.halt_rule!r}")
+        if self.halt_rule is not None and self.halt_rule not in HALT_RULES:
+            raise ValueError(f"HybridRecursiveConfig.halt_rule must be None or one of {HALT_RULES}, got {self.halt_rule!r}")
         if not self.backbone_layers:
             raise ValueError("HybridRecursiveConfig.backbone_layers must name at least one hidden-state index")
         if self.backbone_name_or_path is None and self.backbone_model_config is None:
@@ -90,13 +96,6 @@ class HybridRecursiveConfig(PreTrainedConfig):
             )
         if self.lora_r < 0:
             raise ValueError(f"HybridRecursiveConfig.lora_r must be >= 0 (0 = frozen backbone), got {self.lora_r}")
-
-    @property
-    def effective_halt_rule(self) -> str:
-        """The ACT halting rule: as configured, else the core's own (HRM compares q_halt with q_continue)."""
-        if self.halt_rule is not None:
-            return self.halt_rule
-        return "q_halt_vs_continue" if self.core == "hrm" and self.head == "recursive" else "q_halt"
 
 
 __all__ = ["HybridRecursiveConfig", "DEFAULT_BACKBONE"]

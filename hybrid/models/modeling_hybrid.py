@@ -1,26 +1,24 @@
 """Hybrid mode: a recursive reasoning head (TRM / HRM) on top of any Hugging Face backbone.
 
-backbone (frozen, or LoRA) -> chosen hidden states -> projection to the head's width -> [register; tokens] ->
-head (recursive core or baseline) -> output layer (+ Q head on the register).
-
-The register is one learned vector put before the tokens, like TRM's puzzle-embedding prefix: the head attends
-bidirectionally, so position 0 sees the whole text whatever the backbone (encoder or decoder-only) and the padding
-side. The Q head reads it, as in TRM, and so does the sequence classifier.
+The model holds the same reasoner as pure mode (`hybrid.models.reasoner`: encoder -> core -> output heads) with a
+backbone encoder in front: backbone (frozen, or LoRA) -> chosen hidden states -> projection to the head's width ->
+[register; tokens] at unit RMS. The register is one learned vector put before the tokens, like TRM's puzzle-embedding
+prefix: the core attends bidirectionally, so position 0 sees the whole text whatever the backbone (encoder or
+decoder-only) and the padding side; the Q head and the sequence classifier read it.
 
 Two ways to run a model:
-- as a reasoner (docs/design.md) driven by the shared ACT wrapper and training loop, one supervision step per call:
-  `HybridReasoner(model)` or simply `model.act_loss_head()`;
-- through the ordinary Hugging Face `forward(input_ids, attention_mask, labels)`, which runs the whole deep-supervision
-  rollout from a fresh carry (the entry point for `transformers.Trainer` and users).
+- through the shared ACT wrapper and training loop, one supervision step per call: `model.act_loss()`;
+- through the ordinary Hugging Face `forward(input_ids, attention_mask, labels)`, which rolls the whole deep
+  supervision out from a fresh carry with the same rollout and loss as training and evaluation (the entry point of
+  `transformers.Trainer`, pipelines and users).
 """
 
-import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from transformers import (
     AutoConfig,
@@ -29,21 +27,24 @@ from transformers import (
     AutoModelForTokenClassification,
     PreTrainedModel,
 )
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, cached_file
 
-from hybrid.core.act import ACT, Batch, ReasonerOutput
-from hybrid.core.layers import CastedLinear, rms_norm, trunc_normal_init_
-from hybrid.core.losses import ACTLossHead, correctness, per_sequence_lm_loss, q_halt_loss
+from hybrid.core.act import Batch
+from hybrid.core.layers import CastedLinear, RotaryEmbedding, rms_norm, trunc_normal_init_
+from hybrid.core.losses import ACTLoss
 from hybrid.core.recursion import HRMCore, SingleZCore, TRMCore
+from hybrid.core.rollout import rollout
 from hybrid.models.backbones import backbone_hidden_size, backbone_hidden_states, load_backbone
-from hybrid.models.baselines import build_head
 from hybrid.models.configuration_hybrid import HybridRecursiveConfig
+from hybrid.models.reasoner import CoreSpec, OutputHeads, QHead, Reasoner, act_for, build_core
 
 WEIGHTS_NAME = "model.safetensors"
-# safetensors metadata key recording whether the backbone's own weights are in the file.
-_BACKBONE_SAVED = "hybrid_backbone_saved"
-# Keyword arguments the Auto classes pass to from_pretrained that a local safetensors load has no use for.
-_AUTO_KWARGS = {"_from_auto", "_commit_hash", "adapter_kwargs", "trust_remote_code", "revision", "cache_dir", "local_files_only", "token", "subfolder"}
+ADAPTER_FOLDER = "adapter"  # LoRA adapters, in PEFT's own format (adapter_config.json, adapter_model.safetensors)
+# RoPE table length of the head; sequences are the backbone's length plus the register, far below this.
+MAX_POSITIONS = 8192
+# Hub arguments honoured when resolving a saved model's files; the Auto classes also pass these bookkeeping ones.
+_HUB_ARGUMENTS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+_AUTO_BOOKKEEPING = {"_from_auto", "_commit_hash", "adapter_kwargs", "trust_remote_code", "_from_pipeline"}
 
 
 @dataclass
@@ -56,13 +57,60 @@ class HybridRecursiveOutput(ModelOutput):
     q_continue_logits: Tensor | None = None
 
 
-def _is_adapter_key(key: str) -> bool:
+def is_adapter_key(key: str) -> bool:
     return "lora_" in key
 
 
-def _freeze(backbone: nn.Module) -> None:
-    backbone.requires_grad_(False)
-    backbone.eval()
+class BackboneEncoder(nn.Module):
+    """Batch keys: `input_ids`, `attention_mask`, optionally `token_type_ids`, or `features` (cached backbone hidden
+    states, then the backbone is skipped). Gives x [B, 1 + L, D] and its mask, the register first."""
+
+    def __init__(self, backbone: nn.Module, layers: list[int], hidden_size: int, rms_norm_eps: float):
+        super().__init__()
+        self.backbone = backbone
+        self.layers = list(layers)
+        self.eps = rms_norm_eps
+        self.proj = CastedLinear(backbone_hidden_size(backbone.config) * len(self.layers), hidden_size)
+        self.register_token = nn.Parameter(trunc_normal_init_(torch.empty(hidden_size), std=1.0))
+
+    @property
+    def frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.backbone.parameters())
+
+    def train(self, mode: bool = True):
+        """The backbone stays in eval mode (no dropout), frozen or LoRA-tuned, so cached and live features agree."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def features(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        """[B, L, D_backbone * len(layers)]; without gradient when the backbone is frozen."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            return backbone_hidden_states(self.backbone, input_ids, attention_mask, self.layers, token_type_ids)
+
+    def latent_shape(self, batch: Batch) -> tuple[int, int]:
+        batch_size, length = batch["input_ids"].shape
+        return batch_size, length + 1
+
+    def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        features = batch.get("features")
+        if features is None:
+            features = self.features(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        # Unit RMS per token, as pure mode's sqrt(D)-scaled embeddings: backbones' hidden states differ in scale by
+        # orders of magnitude (MiniLM about 0.5, GPT-2's last layers in the hundreds), and input injection needs x
+        # comparable to the carried latents (init RMS 1); at RMS 0.5 the recursive head never left chance on chain
+        # reasoning while the transformer head learned it (docs/results.md).
+        x = rms_norm(self.proj(features.float()), self.eps)
+        x = torch.cat([self.register_token.expand(x.shape[0], 1, -1), x], dim=1)
+        mask = batch["attention_mask"].bool()
+        return x, torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
+
+
+def core_spec(config: HybridRecursiveConfig) -> CoreSpec:
+    """The core a config asks for; the transformer baseline gets all the recursive core's blocks (equal size)."""
+    kind = config.core if config.head == "recursive" else config.head
+    layers = config.L_layers + (config.H_layers if config.head == "transformer" and config.core == "hrm" else 0)
+    return CoreSpec.from_config(config, kind, L_layers=layers)
 
 
 def _with_lora(backbone: nn.Module, config: HybridRecursiveConfig) -> nn.Module:
@@ -76,124 +124,95 @@ def _with_lora(backbone: nn.Module, config: HybridRecursiveConfig) -> nn.Module:
 
 
 class HybridRecursivePreTrainedModel(PreTrainedModel):
-    """Backbone + projection + register + head + output layer + Q head. Subclasses fix the task."""
+    """Backbone encoder + core + output heads. Subclasses fix the task (token or sequence labels)."""
 
     config_class = HybridRecursiveConfig
-    base_model_prefix = "hybrid"
+    base_model_prefix = "reasoner"
     main_input_name = "input_ids"
     task: str = ""
 
     def __init__(self, config: HybridRecursiveConfig, backbone: nn.Module | None = None):
         """backbone: an already-loaded model (e.g. from `load_backbone`); None loads `config.backbone_name_or_path`
-        (or builds an untrained one from `config.backbone_model_config` when no name is set)."""
+        (or builds an untrained one from `config.backbone_model_config` when no name is set or the weights are in the
+        checkpoint)."""
         if config.task != self.task:
             raise ValueError(
                 f"{type(self).__name__} is a {self.task}-level model but config.task is {config.task!r}; "
-                f"set HybridRecursiveConfig(task={self.task!r}) or use hybrid_model_for(config)"
+                f"set HybridRecursiveConfig(task={self.task!r}) or use hybrid_model_class(config)"
             )
         super().__init__(config)
         if backbone is None:
-            if config.backbone_name_or_path is not None:
+            if config.backbone_name_or_path is not None and not config.backbone_in_checkpoint:
                 backbone, _ = load_backbone(config.backbone_name_or_path)
             else:
                 backbone = AutoModel.from_config(config.backbone_model_config)
         config.backbone_model_config = backbone.config
-        _freeze(backbone)
+        backbone.requires_grad_(False)
+        backbone.eval()
         if config.lora_r > 0:
             backbone = _with_lora(backbone, config)
         # The backbone's weights are pretrained: flag them so post_init's weight initialisation never touches them.
         for module in backbone.modules():
             module._is_hf_initialized = True
-        self.backbone = backbone
 
-        width = config.hidden_size
-        self.proj = CastedLinear(backbone_hidden_size(backbone.config) * len(config.backbone_layers), width)
-        self.register_token = nn.Parameter(torch.empty(width))
-        self.head = build_head(config.head, config)
-        self.output = CastedLinear(width, config.num_labels)
-        self.q_head = CastedLinear(width, 2, bias=True) if self.head.learns_halting else None
+        spec = core_spec(config)
+        encoder = BackboneEncoder(backbone, config.backbone_layers, config.hidden_size, config.rms_norm_eps)
+        rotary = RotaryEmbedding(config.hidden_size // config.num_heads, MAX_POSITIONS)
+        core = build_core(spec, rotary)
+        heads = OutputHeads(
+            config.hidden_size, config.num_labels, skip=1, level=self.task, learns_halting=spec.recursive
+        )
+        self.reasoner = Reasoner(encoder, core, heads)
         self.post_init()
 
     # --- weights -------------------------------------------------------------------------------------------------
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Initialises the head only (the spec's init, section 1.4); every other module is left as it is."""
-        if module is self:
-            trunc_normal_init_(self.register_token.data, std=1.0)
-        elif module is self.q_head:
-            # Start far from halting: P(halt) = sigmoid(-5), as in TRM/HRM.
-            module.weight.data.zero_()
-            module.bias.data.fill_(-5.0)
+        """Initialises the head only (the official TRM/HRM initialisation); the backbone is left as it is."""
+        if isinstance(module, QHead):
+            module.reset_parameters()
         elif isinstance(module, CastedLinear):
             trunc_normal_init_(module.weight.data, std=module.weight.shape[1] ** -0.5)
             if module.bias is not None:
                 module.bias.data.zero_()
+        elif isinstance(module, BackboneEncoder):
+            trunc_normal_init_(module.register_token.data, std=1.0)
         elif isinstance(module, (TRMCore, HRMCore, SingleZCore)):
             for name in module.init_names:
                 trunc_normal_init_(getattr(module, name), std=1.0)
 
-    def train(self, mode: bool = True):
-        """The backbone stays in eval mode (no dropout), frozen or LoRA-tuned."""
-        super().train(mode)
-        self.backbone.eval()
-        return self
+    @property
+    def backbone(self) -> nn.Module:
+        return self.reasoner.encoder.backbone
 
     @property
     def backbone_is_frozen(self) -> bool:
-        return not any(p.requires_grad for p in self.backbone.parameters())
+        return self.reasoner.encoder.frozen
 
-    # --- the reasoner protocol -----------------------------------------------------------------------------------
+    @property
+    def pad_token_id(self) -> int | None:
+        return getattr(self.backbone.config, "pad_token_id", None)
 
-    def empty_carry(self, batch: Batch) -> tuple[Tensor, ...]:
-        batch_size, seq_len = batch["input_ids"].shape
-        return self.head.empty_carry(batch_size, seq_len + 1, batch["input_ids"].device)
+    def backbone_features(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        return self.reasoner.encoder.features(input_ids, attention_mask, token_type_ids)
 
-    def reset_carry(self, reset: Tensor, carry: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        return self.head.reset_carry(reset, carry)
+    def is_checkpointed_key(self, key: str) -> bool:
+        """State-dict entries a training checkpoint holds: everything but the frozen backbone (rebuilt from its
+        name); a LoRA adapter inside it is kept."""
+        return not key.startswith(f"{self.base_model_prefix}.encoder.backbone.") or is_adapter_key(key)
 
-    def backbone_features(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """[B, L, D_backbone * len(backbone_layers)]; without gradient when the backbone is frozen."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_is_frozen):
-            return backbone_hidden_states(self.backbone, input_ids, attention_mask, self.config.backbone_layers)
-
-    def step(self, carry: tuple[Tensor, ...], batch: Batch, **cycles) -> ReasonerOutput:
-        """One supervision step. batch: input_ids, attention_mask, optional features (then the backbone is skipped).
-        cycles: H_cycles / L_cycles overrides for the recursive core."""
-        mask = batch["attention_mask"].bool()
-        features = batch.get("features")
-        if features is None:
-            features = self.backbone_features(batch["input_ids"], batch["attention_mask"])
-        # Unit RMS per token, as pure mode's sqrt(D)-scaled embeddings: backbones' hidden states differ in scale by
-        # orders of magnitude (MiniLM about 0.5, GPT-2's last layers in the hundreds), and input injection needs x
-        # comparable to the carried latents (init RMS 1); at RMS 0.5 the recursive head never left chance on chain
-        # reasoning while the transformer head learned it (docs/results.md).
-        x = rms_norm(self.proj(features.float()), self.config.rms_norm_eps)
-        x = torch.cat([self.register_token.expand(x.shape[0], 1, -1), x], dim=1)
-        mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
-        z = self.head(carry, x, mask, **cycles)
-        readout = z[0]
-        logits = self.output(readout[:, 1:] if self.task == "token" else readout[:, :1])
-        if self.q_head is None:
-            # Constant zeros never halt early under either rule (q_halt > 0, q_halt > q_continue).
-            q = readout.new_zeros(readout.shape[0], 2, dtype=torch.float32)
-        else:
-            q = self.q_head(readout[:, 0]).float()
-        return ReasonerOutput(
-            carry=tuple(t.detach() for t in z), logits=logits, q_halt_logits=q[:, 0], q_continue_logits=q[:, 1], z=z
-        )
-
-    def act_loss_head(self, *, generator: torch.Generator | None = None) -> ACTLossHead:
-        """The shared ACT wrapper and loss around this model, configured from the config (HRM computes its Q-continue
-        target)."""
-        act = ACT(
-            HybridReasoner(self),
-            halt_max_steps=self.config.halt_max_steps,
-            halt_exploration_prob=self.config.halt_exploration_prob,
-            halt_rule=self.config.effective_halt_rule,
-            compute_target_q=self.config.core == "hrm" and self.head.learns_halting,
+    def act_loss(self, *, generator: torch.Generator | None = None) -> ACTLoss:
+        """The shared ACT wrapper and loss around this model's reasoner (`halting_rule` decides the rule)."""
+        c = self.config
+        act = act_for(
+            self.reasoner,
+            c.core,
+            halt_max_steps=c.halt_max_steps,
+            halt_exploration_prob=c.halt_exploration_prob,
+            halt_rule=c.halt_rule,
             generator=generator,
         )
-        return ACTLossHead(act, loss_type=self.config.loss_type)
+        return ACTLoss(act, loss_type=c.loss_type)
 
     # --- the Hugging Face entry point ----------------------------------------------------------------------------
 
@@ -201,100 +220,108 @@ class HybridRecursivePreTrainedModel(PreTrainedModel):
         self,
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
         labels: Tensor | None = None,
         features: Tensor | None = None,
-        **kwargs,
     ) -> HybridRecursiveOutput:
-        """All `halt_max_steps` supervision steps from a fresh carry, the carry detached between steps; the backbone
-        runs once. With labels, the loss is the mean of the per-step losses in training (each step's: mean over the
-        batch of the token loss + 0.5 * BCE of q_halt), and the last step's loss in evaluation. HRM's Q-continue loss
-        needs the ACT loop and is not part of this loss."""
-        if kwargs:
-            raise ValueError(f"{type(self).__name__}.forward got unexpected arguments {sorted(kwargs)}")
+        """All `halt_max_steps` supervision steps from a fresh carry (`hybrid.core.rollout`), the carry detached
+        between steps; the backbone runs once. With labels, the loss is the training loss (`ACTLoss`: token loss +
+        0.5 * (Q-halt + Q-continue) BCE) divided by the batch size: its mean over the steps in training, the last
+        step's in evaluation."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if features is None:
-            features = self.backbone_features(input_ids, attention_mask)
+            features = self.backbone_features(input_ids, attention_mask, token_type_ids)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "features": features}
-        carry = self.empty_carry(batch)
+        if labels is not None:
+            batch["labels"] = labels
+        act_loss = self.act_loss()
+        act_loss.train(self.training)
         losses = []
-        for _ in range(self.config.halt_max_steps):
-            out = self.step(carry, batch)
-            carry = out.carry
-            if labels is not None:
-                _, seq_correct, _ = correctness(out.logits, labels)
-                lm_loss = per_sequence_lm_loss(out.logits, labels, self.config.loss_type).mean()
-                losses.append(lm_loss + 0.5 * q_halt_loss(out.q_halt_logits, seq_correct) / labels.shape[0])
+        for step in rollout(act_loss, batch, max_steps=self.config.halt_max_steps):
+            if step.result.loss is not None:
+                losses.append(step.result.loss / input_ids.shape[0])
         loss = None
         if losses:
             loss = torch.stack(losses).mean() if self.training else losses[-1]
-        logits = out.logits if self.task == "token" else out.logits[:, 0]
+        outputs = step.result.outputs
+        logits = outputs["logits"] if self.task == "token" else outputs["logits"][:, 0]
         return HybridRecursiveOutput(
-            loss=loss, logits=logits, q_halt_logits=out.q_halt_logits, q_continue_logits=out.q_continue_logits
+            loss=loss, logits=logits, q_halt_logits=outputs["q_halt_logits"], q_continue_logits=outputs["q_continue_logits"]
         )
 
     # --- save / load ---------------------------------------------------------------------------------------------
 
-    def save_pretrained(self, save_directory: str | Path, *, save_backbone: bool = False, **kwargs) -> None:
-        """config.json, model.safetensors and a README.md model card. The weights hold the head and the LoRA adapter;
-        the backbone is referenced by `config.backbone_name_or_path` unless `save_backbone=True` stores it too."""
-        if kwargs:
-            raise ValueError(f"save_pretrained got unsupported arguments {sorted(kwargs)}")
+    def save_pretrained(self, save_directory: str | os.PathLike, *, save_backbone: bool = False, state_dict=None, **kwargs):
+        """`PreTrainedModel.save_pretrained` (config.json, model.safetensors, `push_to_hub=True` and every other
+        argument it takes) with the backbone kept by reference: its name is in the config and its weights are left
+        out unless `save_backbone=True`. A LoRA adapter goes to `adapter/` in PEFT's format. Adds a model card."""
         if not save_backbone and self.config.backbone_name_or_path is None:
             raise ValueError("the backbone has no name or path to refer to; save it with save_backbone=True")
         path = Path(save_directory)
-        path.mkdir(parents=True, exist_ok=True)
-        self.config.architectures = [type(self).__name__]
-        self.config.save_pretrained(path)
+        prefix = f"{self.base_model_prefix}.encoder.backbone."
+        state = self.state_dict() if state_dict is None else state_dict
         state = {
-            key: value.detach().contiguous().clone()  # clones: tied backbone tensors share storage
-            for key, value in self.state_dict().items()
-            if save_backbone or not key.startswith("backbone.") or _is_adapter_key(key)
+            key: value
+            for key, value in state.items()
+            if not is_adapter_key(key) and (save_backbone or not key.startswith(prefix))
         }
-        save_file(state, str(path / WEIGHTS_NAME), metadata={"format": "pt", _BACKBONE_SAVED: json.dumps(save_backbone)})
-        (path / "README.md").write_text(self._model_card(save_backbone))
+        self.config.backbone_in_checkpoint = save_backbone
+        self.config.architectures = [type(self).__name__]
+        super().save_pretrained(path, state_dict=state, **kwargs)
+        if self.config.lora_r > 0:
+            self.backbone.save_pretrained(path / ADAPTER_FOLDER)
+        if not (path / "README.md").exists():
+            (path / "README.md").write_text(self._model_card())
 
     @classmethod
     def from_pretrained(
         cls,
-        pretrained_model_name_or_path: str | Path,
-        *,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *model_args,
         backbone: nn.Module | None = None,
         config: HybridRecursiveConfig | None = None,
         **kwargs,
     ):
-        """Restore a model saved by `save_pretrained` (a local folder). The backbone comes from the file when it was
-        saved with it, else from `backbone` or `config.backbone_name_or_path`. Returns the model in eval mode."""
-        unsupported = set(kwargs) - _AUTO_KWARGS
-        if unsupported:
+        """Restore a model saved by `save_pretrained`, from a local folder or a Hub repository (offline from the
+        Hub cache): `revision`, `cache_dir`, `token`, `local_files_only`, `force_download`, `subfolder` are honoured
+        as transformers does. The backbone comes from the checkpoint when it was saved with it, else from `backbone`
+        or `config.backbone_name_or_path`. Returns the model in eval mode."""
+        hub = {k: kwargs.pop(k) for k in _HUB_ARGUMENTS if k in kwargs}
+        dtype = kwargs.pop("dtype", None)
+        if dtype not in (None, "auto", "float32", torch.float32):
+            # The head keeps float32 master weights and casts at its own points; no silent conversion.
+            raise ValueError(f"{cls.__name__}.from_pretrained: dtype={dtype!r} is not supported; the model loads in float32")
+        unsupported = set(kwargs) - _AUTO_BOOKKEEPING
+        if model_args or unsupported:
             raise ValueError(f"{cls.__name__}.from_pretrained got unsupported arguments {sorted(unsupported)}")
-        path = Path(pretrained_model_name_or_path)
-        weights = path / WEIGHTS_NAME
-        if not weights.is_file():
-            raise ValueError(f"{path}: no {WEIGHTS_NAME}; expected a folder written by save_pretrained")
+        name = str(pretrained_model_name_or_path)
         if config is None:
-            config = HybridRecursiveConfig.from_pretrained(path)
-        with safe_open(str(weights), framework="pt") as f:
-            metadata = f.metadata() or {}
-        if _BACKBONE_SAVED not in metadata:
-            raise ValueError(f"{weights}: missing the {_BACKBONE_SAVED!r} metadata written by save_pretrained")
-        backbone_saved = json.loads(metadata[_BACKBONE_SAVED])
-        if backbone is None and backbone_saved:
-            # Built untrained, then overwritten by the file's weights below.
-            backbone = AutoModel.from_config(config.backbone_model_config)
-        model = cls(config, backbone=backbone)
-        missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
-        missing = [k for k in missing if backbone_saved or not k.startswith("backbone.") or _is_adapter_key(k)]
+            config = HybridRecursiveConfig.from_pretrained(name, **hub)
+        weights = cached_file(name, WEIGHTS_NAME, **hub)
+        model = hybrid_model_class(config)(config, backbone=backbone)
+        state = load_file(weights)
+        if config.lora_r > 0:
+            from peft import set_peft_model_state_dict
+
+            sub = os.path.join(hub.get("subfolder", ""), ADAPTER_FOLDER)
+            adapter = cached_file(name, "adapter_model.safetensors", **{**hub, "subfolder": sub})
+            set_peft_model_state_dict(model.backbone, load_file(adapter))
+        own = {k for k in model.state_dict() if config.backbone_in_checkpoint or model.is_checkpointed_key(k)}
+        own = {k for k in own if not is_adapter_key(k)}
+        missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
         if missing or unexpected:
             raise ValueError(f"{weights}: does not match {cls.__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        model.load_state_dict(state, strict=False)
         return model.eval()
 
-    def _model_card(self, backbone_saved: bool) -> str:
+    def _model_card(self) -> str:
         c = self.config
-        head_params = sum(p.numel() for n, p in self.named_parameters() if not n.startswith("backbone."))
-        adapter_params = sum(p.numel() for n, p in self.named_parameters() if _is_adapter_key(n))
-        where = "stored in this folder" if backbone_saved else f"loaded from `{c.backbone_name_or_path}`"
+        head_params = sum(p.numel() for n, p in self.named_parameters() if ".backbone." not in n)
+        adapter_params = sum(p.numel() for n, p in self.named_parameters() if is_adapter_key(n))
+        where = "stored in this folder" if c.backbone_in_checkpoint else f"loaded from `{c.backbone_name_or_path}`"
         auto = "AutoModelForTokenClassification" if self.task == "token" else "AutoModelForSequenceClassification"
+        lora = f"LoRA rank {c.lora_r} ({adapter_params} adapter parameters, in `{ADAPTER_FOLDER}/`)" if c.lora_r else "frozen"
         return f"""---
 library_name: transformers
 tags: [hybrid-recursive, {c.core}, recursive-reasoning]
@@ -306,33 +333,15 @@ A recursive reasoning head (`{c.head}` head, core `{c.core}`: T = H_cycles = {c.
 {c.backbone_layers}), for {c.task}-level classification into {c.num_labels} classes, trained with deep supervision
 (up to {c.halt_max_steps} steps, loss `{c.loss_type}`).
 
-- Backbone: {where}; {"LoRA rank " + str(c.lora_r) + f" ({adapter_params} adapter parameters)" if c.lora_r else "frozen"}.
-- Head parameters (projection, register, head, output and Q layers): {head_params}.
+- Backbone: {where}; {lora}.
+- Head parameters (projection, register, core, output and Q layers): {head_params}.
 
 ```python
-import hybrid.models.modeling_hybrid  # registers the model type with the Auto classes
+import hybrid.models  # registers the model type with the Auto classes
 from transformers import {auto}
 model = {auto}.from_pretrained("path/to/this/folder")
 ```
 """
-
-
-class HybridReasoner(nn.Module):
-    """The reasoner protocol of docs/design.md over a hybrid model, for the shared ACT wrapper (its `forward` is one
-    supervision step, while the model's own `forward` is the Hugging Face entry point)."""
-
-    def __init__(self, model: HybridRecursivePreTrainedModel):
-        super().__init__()
-        self.model = model
-
-    def empty_carry(self, batch: Batch) -> tuple[Tensor, ...]:
-        return self.model.empty_carry(batch)
-
-    def reset_carry(self, reset: Tensor, carry: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        return self.model.reset_carry(reset, carry)
-
-    def forward(self, carry: tuple[Tensor, ...], batch: Batch, **cycles) -> ReasonerOutput:
-        return self.model.step(carry, batch, **cycles)
 
 
 class HybridRecursiveForTokenClassification(HybridRecursivePreTrainedModel):
@@ -342,8 +351,8 @@ class HybridRecursiveForTokenClassification(HybridRecursivePreTrainedModel):
 
 
 class HybridRecursiveForSequenceClassification(HybridRecursivePreTrainedModel):
-    """One label per text, read from the register (position 0); inside the reasoner protocol the logits are
-    [B, 1, num_labels], as the shared loss expects."""
+    """One label per text, read from the register (position 0); inside the reasoner the logits are [B, 1, num_labels],
+    as the shared loss expects."""
 
     task = "sequence"
 
@@ -351,9 +360,14 @@ class HybridRecursiveForSequenceClassification(HybridRecursivePreTrainedModel):
 MODEL_FOR_TASK = {"token": HybridRecursiveForTokenClassification, "sequence": HybridRecursiveForSequenceClassification}
 
 
+def hybrid_model_class(config: HybridRecursiveConfig) -> type[HybridRecursivePreTrainedModel]:
+    """The model class matching `config.task`."""
+    return MODEL_FOR_TASK[config.task]
+
+
 def hybrid_model_for(config: HybridRecursiveConfig, backbone: nn.Module | None = None) -> HybridRecursivePreTrainedModel:
     """The model class matching `config.task`, built on `backbone` (or on the backbone the config names)."""
-    return MODEL_FOR_TASK[config.task](config, backbone=backbone)
+    return hybrid_model_class(config)(config, backbone=backbone)
 
 
 def register() -> None:
@@ -368,11 +382,13 @@ def register() -> None:
 register()
 
 __all__ = [
-    "HybridReasoner",
+    "BackboneEncoder",
     "HybridRecursiveForSequenceClassification",
     "HybridRecursiveForTokenClassification",
     "HybridRecursiveOutput",
     "HybridRecursivePreTrainedModel",
+    "core_spec",
+    "hybrid_model_class",
     "hybrid_model_for",
     "register",
 ]

@@ -10,19 +10,13 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from hybrid.core.act import ACT, Batch, Carry, ReasonerOutput
-from hybrid.core.layers import (
-    CastedEmbedding,
-    CastedLinear,
-    CastedSparseEmbedding,
-    ReasoningModule,
-    RotaryEmbedding,
-)
+from hybrid.core.act import ACT, Batch
+from hybrid.core.layers import CastedEmbedding, CastedSparseEmbedding, RotaryEmbedding
 from hybrid.core.losses import LOSS_FUNCTIONS
-from hybrid.core.recursion import HRMCore, SingleZCore, TRMCore
+from hybrid.models.reasoner import RECURSIVE_KINDS, CoreSpec, OutputHeads, Reasoner, act_for, build_core
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-FAMILIES = ("trm", "hrm", "trm_singlez")
+FAMILIES = RECURSIVE_KINDS
 POS_ENCODINGS = ("rope", "learned", "none")
 # Learned positions are mixed as (x + pos) / sqrt(2), the official constant.
 LEARNED_POS_SCALE = 0.707106781
@@ -110,8 +104,10 @@ class PureConfig:
         return DTYPES[self.forward_dtype]
 
 
-class PureReasoner(nn.Module):
-    """Grid reasoner implementing the reasoner protocol: batch keys `inputs` [B, L], `puzzle_identifiers` [B]."""
+class GridEncoder(nn.Module):
+    """Grid tokens and the per-puzzle sparse embedding -> x = sqrt(D) * [puzzle prefix; token embeddings] (+ learned
+    positions), [B, P + L, D] in the forward dtype (official trm.py / hrm_act_v1.py, `_input_embeddings`). Batch keys:
+    `inputs` [B, L], `puzzle_identifiers` [B]."""
 
     def __init__(self, cfg: PureConfig):
         super().__init__()
@@ -123,34 +119,9 @@ class PureReasoner(nn.Module):
             self.puzzle_emb = CastedSparseEmbedding(cfg.num_puzzle_identifiers, cfg.puzzle_emb_ndim, cast_to=dtype)
         if cfg.pos_encodings == "learned":
             self.embed_pos = CastedEmbedding(cfg.total_len, D, init_std=1 / math.sqrt(D), cast_to=dtype)
-        rotary = (
-            RotaryEmbedding(D // cfg.num_heads, cfg.total_len, base=cfg.rope_theta) if cfg.pos_encodings == "rope" else None
-        )
 
-        def network(num_layers: int) -> ReasoningModule:
-            return ReasoningModule(
-                num_layers=num_layers,
-                hidden_size=D,
-                num_heads=cfg.num_heads,
-                expansion=cfg.expansion,
-                rms_norm_eps=cfg.rms_norm_eps,
-                mlp_t_seq_len=cfg.total_len if cfg.mlp_t else None,
-            )
-
-        common = dict(hidden_size=D, H_cycles=cfg.H_cycles, L_cycles=cfg.L_cycles, forward_dtype=dtype, rotary=rotary)
-        if cfg.family == "hrm":
-            self.core = HRMCore(H_net=network(cfg.H_layers), L_net=network(cfg.L_layers), **common)
-        elif cfg.family == "trm":
-            self.core = TRMCore(net=network(cfg.L_layers), **common)
-        else:
-            self.core = SingleZCore(net=network(cfg.L_layers), **common)
-
-        self.lm_head = CastedLinear(D, cfg.vocab_size)
-        self.q_head = CastedLinear(D, 2, bias=True)
-        # Start almost never halting: P(halt) = sigmoid(-5) ~ 0.0067 (spec 1.4).
-        with torch.no_grad():
-            self.q_head.weight.zero_()
-            self.q_head.bias.fill_(-5.0)
+    def latent_shape(self, batch: Batch) -> tuple[int, int]:
+        return batch["inputs"].shape[0], self.cfg.total_len
 
     def _check_batch(self, batch: Batch):
         for key in ("inputs", "puzzle_identifiers"):
@@ -172,54 +143,53 @@ class PureReasoner(nn.Module):
                 f"[0, {self.cfg.num_puzzle_identifiers - 1}] (num_puzzle_identifiers={self.cfg.num_puzzle_identifiers})"
             )
 
-    def input_embeddings(self, inputs: Tensor, puzzle_identifiers: Tensor) -> Tensor:
-        """x = sqrt(D) * [puzzle prefix; token embeddings] (+ learned positions): [B, S, D] in the forward dtype."""
-        cfg, B = self.cfg, inputs.shape[0]
+    def forward(self, batch: Batch) -> tuple[Tensor, None]:
+        self._check_batch(batch)
+        cfg, inputs = self.cfg, batch["inputs"]
+        B = inputs.shape[0]
         x = self.embed_tokens(inputs)
         P = cfg.prefix_len
         if P:
             prefix = x.new_zeros(B, P * cfg.hidden_size)
             if cfg.puzzle_emb_ndim > 0:
-                prefix[:, : cfg.puzzle_emb_ndim] = self.puzzle_emb(puzzle_identifiers)
+                prefix[:, : cfg.puzzle_emb_ndim] = self.puzzle_emb(batch["puzzle_identifiers"])
             x = torch.cat([prefix.view(B, P, cfg.hidden_size), x], dim=1)
         if cfg.pos_encodings == "learned":
             x = LEARNED_POS_SCALE * (x + self.embed_pos.weight.to(x.dtype))
-        return self.embed_scale * x
+        return self.embed_scale * x, None
 
-    def empty_carry(self, batch: Batch) -> Carry:
-        return self.core.empty_carry(batch["inputs"].shape[0], self.cfg.total_len, batch["inputs"].device)
 
-    def reset_carry(self, reset: Tensor, carry: Carry) -> Carry:
-        return self.core.reset_carry(reset, carry)
+class PureReasoner(Reasoner):
+    """The grid model of the papers: grid encoder -> TRM / HRM / single-z core -> lm head and Q head (on the first
+    prefix position)."""
 
-    def forward(
-        self, carry: Carry, batch: Batch, *, H_cycles: int | None = None, L_cycles: int | None = None
-    ) -> ReasonerOutput:
-        self._check_batch(batch)
-        x = self.input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
-        z = self.core(carry, x, H_cycles=H_cycles, L_cycles=L_cycles)
-        z_out = z[0]
-        logits = self.lm_head(z_out)[:, self.cfg.prefix_len :]
-        q = self.q_head(z_out[:, 0]).float()
-        return ReasonerOutput(
-            carry=tuple(t.detach() for t in z),
-            logits=logits,
-            q_halt_logits=q[:, 0],
-            q_continue_logits=q[:, 1],
-            z=z,
+    def __init__(self, cfg: PureConfig):
+        # Built in the official order (embeddings, networks, initial latents, heads), so a seed gives the same weights.
+        encoder = GridEncoder(cfg)
+        rotary = (
+            RotaryEmbedding(cfg.hidden_size // cfg.num_heads, cfg.total_len, base=cfg.rope_theta)
+            if cfg.pos_encodings == "rope"
+            else None
         )
+        spec = CoreSpec.from_config(
+            cfg, cfg.family, forward_dtype=cfg.dtype, mlp_t_seq_len=cfg.total_len if cfg.mlp_t else None
+        )
+        core = build_core(spec, rotary)
+        heads = OutputHeads(cfg.hidden_size, cfg.vocab_size, skip=cfg.prefix_len)
+        super().__init__(encoder, core, heads)
+        self.cfg = cfg
 
 
 def build_pure_model(cfg: PureConfig, *, generator: torch.Generator | None = None) -> tuple[PureReasoner, ACT]:
-    """The reasoner and its ACT wrapper: TRM halts on q_halt > 0, HRM (or no_ACT_continue=False) on q_halt >
+    """The reasoner and its ACT wrapper: TRM halts on q_halt > 0; HRM (or no_ACT_continue=False) on q_halt >
     q_continue with the bootstrapped continue target."""
     reasoner = PureReasoner(cfg)
-    act = ACT(
+    act = act_for(
         reasoner,
+        cfg.family,
         halt_max_steps=cfg.halt_max_steps,
         halt_exploration_prob=cfg.halt_exploration_prob,
         halt_rule="q_halt" if cfg.no_ACT_continue else "q_halt_vs_continue",
-        compute_target_q=not cfg.no_ACT_continue,
         generator=generator,
     )
     return reasoner, act

@@ -27,10 +27,14 @@ _LAYER_RENAMES = {
     "mlp.down_proj.": "mlp.down.",
 }
 _TOP_RENAMES = {
-    "embed_tokens.embedding_weight": "embed_tokens.weight",
-    "embed_pos.embedding_weight": "embed_pos.weight",
+    "embed_tokens.embedding_weight": "encoder.embed_tokens.weight",
+    "embed_pos.embedding_weight": "encoder.embed_pos.weight",
+    "puzzle_emb.weights": "encoder.puzzle_emb.weights",
     "H_init": "core.H_init",
     "L_init": "core.L_init",
+    "lm_head.weight": "heads.output.weight",
+    "q_head.weight": "heads.q_head.weight",
+    "q_head.bias": "heads.q_head.bias",
 }
 _LAYER_KEY = re.compile(r"^(H_level|L_level)\.layers\.(\d+)\.(.+)$")
 

@@ -1,4 +1,5 @@
-"""Config sections shared by the training recipes (pure and hybrid), and the recipe -> config-class registry.
+"""Configs of the training recipes: the sections they share, and one config per mode (`PureTrainConfig`,
+`HybridTrainConfig`), whose model section is checked against the model's own config class.
 
 Names follow the official `cfg_pretrain.yaml` where a key exists there, so a paper run reads the same in both.
 """
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from hybrid.config import from_dict
+from hybrid.models.configuration_hybrid import HybridRecursiveConfig
 from hybrid.models.pure import PureConfig
 
 
@@ -98,19 +100,68 @@ class PureTrainConfig:
         return from_dict(PureConfig, arch, origin="section 'arch'")
 
 
-def config_class_for(launch_line: str):
-    """The config dataclass of the recipe named in a config file's launch-command header."""
-    registry = recipe_configs()
-    for name, cls in registry.items():
-        if f"recipes/{name}.py" in launch_line:
-            return cls
-    raise ValueError(f"no known recipe in {launch_line!r}; known: {', '.join(sorted(registry))}")
+@dataclass
+class HybridTaskConfig:
+    name: Literal["text_sudoku", "chain", "user"] = "text_sudoku"
+    num_train: int = 2000
+    num_test: int = 500
+    seed: int = 0
+    # text_sudoku: an n x n board (boxes 2x2 for n=4, 2x3 for n=6) with `num_blanks` empty cells
+    size: int = 4
+    num_blanks: int = 6
+    # chain: training questions need one of `hops` links; a held-out set per hop count in hops + test_hops (longer
+    # chains: depth extrapolation); each text has up to `extra_links` more links and `distractor_length` distractors
+    hops: list[int] = field(default_factory=lambda: [1, 2])
+    test_hops: list[int] = field(default_factory=list)
+    extra_links: int = 1
+    distractor_length: int = 2
+    # user: your own CSV / JSON / Parquet files
+    train_file: str | None = None
+    test_file: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    level: Literal["token", "sequence"] = "sequence"
+    num_labels: int | None = None  # user data: the number of classes (default: inferred from the training labels)
 
 
-def recipe_configs() -> dict:
-    from hybrid.train.hybrid_config import HybridTrainConfig
+# Model keys that come from the data (task, classes) or are written by save_pretrained, never from a recipe config.
+_DERIVED_MODEL_KEYS = {"task", "num_labels", "id2label", "label2id", "backbone_model_config", "backbone_in_checkpoint"}
 
-    return {"train_pure": PureTrainConfig, "train_hybrid": HybridTrainConfig}
+
+def hybrid_model_keys() -> list[str]:
+    """The keys a hybrid recipe's `model:` section may set: the fields of HybridRecursiveConfig itself."""
+    return sorted(set(HybridRecursiveConfig.__dataclass_fields__) - _DERIVED_MODEL_KEYS)
+
+
+@dataclass
+class HybridTrainConfig:
+    """`recipes/train_hybrid.py`: a recursive head (or a baseline head) on a Hugging Face backbone."""
+
+    run: RunConfig
+    task: HybridTaskConfig = field(default_factory=HybridTaskConfig)
+    # HybridRecursiveConfig keys (see its docstring), with its defaults; task and classes come from the data.
+    model: dict = field(default_factory=dict)
+    training: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # Frozen backbones: compute each example's features once ("memory", or "disk" under cache_dir) instead of at
+    # every supervision step and epoch. Must be "none" with LoRA (the backbone then changes while training).
+    feature_cache: Literal["memory", "disk", "none"] = "memory"  # not "off": YAML reads off as false
+    cache_dir: str = ".cache/hybrid-features"
+    save_backbone: bool = False  # the exported model folder holds the backbone weights too
+
+    def __post_init__(self):
+        unknown = sorted(set(self.model) - set(hybrid_model_keys()))
+        if unknown:
+            raise ValueError(f"unknown key 'model.{unknown[0]}'. Valid keys in model: {', '.join(hybrid_model_keys())}")
+        # Checked now (placeholder classes), so a bad value fails at load time, before any backbone is loaded.
+        if self.model_config(task="sequence", num_labels=2).lora_r > 0 and self.feature_cache != "none":
+            raise ValueError("model.lora_r > 0 trains the backbone, so its features cannot be cached: set feature_cache=none")
+
+    def model_config(self, *, task: str, num_labels: int, id2label: dict[int, str] | None = None) -> HybridRecursiveConfig:
+        """The model's config: this section plus what the data decides."""
+        names = {} if id2label is None else {"id2label": dict(id2label), "label2id": {v: k for k, v in id2label.items()}}
+        return HybridRecursiveConfig(**self.model, task=task, num_labels=num_labels, **names)
 
 
 def asdict(config) -> dict:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from hybrid.config import save_config
 from hybrid.core.act import ACT, ACTCarry
-from hybrid.core.losses import ACTLossHead
+from hybrid.core.losses import ACTLoss
 from hybrid.eval.loop import evaluate, normalise, reduce_sums
 from hybrid.optim import EMA, AdamATan2, SparseSignSGD, lr_at
 from hybrid.checkpoint import (
@@ -126,7 +126,7 @@ class Trainer:
         self.world_size, self.rank = accelerator.num_processes, accelerator.process_index
 
         self.reasoner = parts.reasoner.to(self.device)
-        self.loss_head = ACTLossHead(parts.act, loss_type=parts.loss_type).to(self.device)
+        self.act_loss = ACTLoss(parts.act, loss_type=parts.loss_type).to(self.device)
         check_schedule(optim, parts.total_steps)
         self.dense = [p for p in self.reasoner.parameters() if p.requires_grad]
         if not self.dense:
@@ -195,10 +195,10 @@ class Trainer:
         return lr
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        self.loss_head.train()
+        self.act_loss.train()
         if self.carry is None:
-            self.carry = self.loss_head.initial_carry(batch)
-        self.carry, loss, metric_sums, _, _ = self.loss_head(self.carry, batch)
+            self.carry = self.act_loss.initial_carry(batch)
+        self.carry, loss, metric_sums, _, _ = self.act_loss(self.carry, batch)
         (loss / self.parts.global_batch_size).backward()
         self._sync_dense_grads()
 
@@ -227,7 +227,7 @@ class Trainer:
         swap = self.ema.apply_to(self.reasoner) if self.ema is not None else contextlib.nullcontext()
         with swap:
             return evaluate(
-                self.loss_head,
+                self.act_loss,
                 self.parts.eval_batches(),
                 halt_max_steps=self.eval_cfg.halt_max_steps or self.parts.act.halt_max_steps,
                 device=self.device,

@@ -36,11 +36,12 @@ from hybrid.core.losses import ACTLossHead
 from hybrid.eval.loop import evaluate, normalise, reduce_sums
 from hybrid.optim import EMA, AdamATan2, SparseSignSGD, lr_at
 from hybrid.checkpoint import (
-    latest_checkpoint, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state,
+    DamagedCheckpointError, load_checkpoint, load_model_state, newest_intact_checkpoint, rng_state, save_checkpoint,
+    set_aside, set_rng_state, verify_checkpoint,
 )
 from hybrid.train.config import CheckpointConfig, EvalConfig, OptimConfig, RunConfig
 from hybrid.train.tracking import MetricsLogger, RunDir, RunDirError, plot_curves, read_metrics, summary_table
-from hybrid.utils import UserError, get_logger
+from hybrid.utils import UserError, get_logger, rank, world_size
 
 log = get_logger("hybrid.train")
 
@@ -148,6 +149,7 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.saved_step: int | None = None
         self.last_eval: dict[str, float] = {}
+        self.metrics_kept: int | None = None  # metric records logged up to the checkpoint resumed from, when known
 
     # ---- distributed helpers -------------------------------------------------------------------------------------
 
@@ -268,6 +270,7 @@ class Trainer:
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "sampler": self.parts.train_stream.state_dict(),
                 "ranks": rank_states,
+                "metrics_records": self.metrics.count(),
             }
             # model.safetensors holds the weights to evaluate (EMA when enabled, as the official checkpoints do);
             # the raw training weights go into the training state for an exact resume.
@@ -309,7 +312,21 @@ class Trainer:
         self.carry = _carry_from_state(mine["carry"], self.device)
         self.step = int(train_state["step"])
         self.last_checkpoint, self.saved_step = path, self.step
+        # The record count is only meaningful for this run folder's own metrics file.
+        same_run = Path(path).resolve().parent.parent == Path(self.run_dir).resolve()
+        self.metrics_kept = train_state.get("metrics_records") if same_run else None
         log.info(f"resumed from {path} at step {self.step}")
+
+    def _start_from_here(self):
+        """Make the run folder hold exactly the history up to `self.step` before training goes on from it: later
+        checkpoints (another branch, or damaged ones) moved aside, metric records logged after the checkpoint
+        dropped (kept next to the moved checkpoints when there are any), temporary folders of killed writes deleted."""
+        aside = set_aside(self.run_dir, self.step)
+        dropped = self.metrics.truncate(keep=self.metrics_kept, after_step=self.step)
+        if dropped:
+            log.info(f"dropped {len(dropped)} metric record(s) logged after step {self.step}; they are logged again")
+            if aside is not None:
+                (aside / "metrics.jsonl").write_text("".join(dropped))
 
     # ---- the run ---------------------------------------------------------------------------------------------------
 
@@ -318,8 +335,10 @@ class Trainer:
 
     def fit(self) -> dict[str, float]:
         total = self.parts.total_steps
-        if self.accelerator.is_main_process and self.parts.config is not None:
-            save_config(self.parts.config, self.run_dir / "config.yaml")
+        if self.accelerator.is_main_process:
+            self._start_from_here()
+            if self.parts.config is not None:
+                save_config(self.parts.config, self.run_dir / "config.yaml")
         progress = _progress(total, self.step, enabled=self.run.progress_bar and self.accelerator.is_main_process)
         batches = self._batches()
         window_start, window_steps = time.perf_counter(), 0
@@ -348,8 +367,9 @@ class Trainer:
             self.save()
             log.info(f"stopped at step {self.step} of {total} (run.stop_at_step); resume with run.resume=auto")
             return {}
-        self._evaluate_and_log()
+        # The checkpoint first: a failure in the final evaluation must not throw the training away.
         self.save()
+        self._evaluate_and_log()
         if self.accelerator.is_main_process:
             plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png")
             print(summary_table(read_metrics(self.metrics.path)))
@@ -375,22 +395,50 @@ def _progress(total: int, initial: int, *, enabled: bool):
     return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, desc="train")
 
 
+def check_run(run: RunConfig) -> None:
+    """Refuse now, before expensive work, a run that `prepare_run` would refuse: an unknown or missing tracker, a
+    previous run without run.resume / run.overwrite, a folder that is not a run, a folder another process is writing.
+    Changes nothing (an existing run's lock is taken and kept)."""
+    _trackers(run)
+    _on_main_process(lambda: RunDir.check(run.output_dir, overwrite=run.overwrite, resume=run.resume != "no"), run)
+
+
 def prepare_run(run: RunConfig):
-    """The run folder (never overwriting a previous run unless asked) and an Accelerator.
+    """The run folder (never overwriting a previous run unless asked, locked for this process) and an Accelerator.
 
     The Accelerator is created with `cpu=True` on machines without CUDA: without it, each rank of a multi-process
     CPU launch silently trains alone."""
     from accelerate import Accelerator
+
+    trackers = _trackers(run)
+    run_dir = Path(run.output_dir)
+    _on_main_process(lambda: RunDir.create(run_dir, overwrite=run.overwrite, resume=run.resume != "no"), run)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers or None, project_dir=str(run_dir))
+    return accelerator, run_dir
+
+
+def _trackers(run: RunConfig) -> list[str]:
+    for name in run.trackers:
+        if name == "tensorboard":
+            _require("tensorboard", "tensorboard", "pip install tensorboard, or set run.trackers=[]")
+        elif name == "wandb":
+            _require("wandb", "wandb", "pip install wandb, or remove wandb from run.trackers")
+        else:
+            raise UserError(f"run.trackers: unknown tracker {name!r}; use tensorboard and/or wandb")
+    return list(run.trackers)
+
+
+def _on_main_process(check: Callable[[], object], run: RunConfig) -> None:
+    """Run a run-folder `check` on the main process; its RunDirError is raised as a UserError on every rank."""
     from accelerate import PartialState
 
     if run.resume not in ("no", "auto") and run.overwrite:
         raise UserError("run.overwrite=true and run.resume=<checkpoint> exclude each other")
     state = PartialState(cpu=not torch.cuda.is_available())
-    run_dir = Path(run.output_dir)
     error = None
     if state.is_main_process:
         try:
-            RunDir.create(run_dir, overwrite=run.overwrite, resume=run.resume != "no")
+            check()
         except RunDirError as err:
             error = str(err)
     errors = [error]
@@ -399,18 +447,6 @@ def prepare_run(run: RunConfig):
         torch.distributed.all_gather_object(errors, error)
     if any(errors):
         raise UserError(next(e for e in errors if e))
-
-    trackers = []
-    for name in run.trackers:
-        if name == "tensorboard":
-            _require("tensorboard", "tensorboard", "pip install tensorboard, or set run.trackers=[]")
-        elif name == "wandb":
-            _require("wandb", "wandb", "pip install wandb, or remove wandb from run.trackers")
-        else:
-            raise UserError(f"run.trackers: unknown tracker {name!r}; use tensorboard and/or wandb")
-        trackers.append(name)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers or None, project_dir=str(run_dir))
-    return accelerator, run_dir
 
 
 def _require(module: str, package: str, hint: str):
@@ -421,14 +457,29 @@ def _require(module: str, package: str, hint: str):
 
 
 def resolve_resume(run: RunConfig, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from: None for run.resume=no, the newest one that verifies for auto (damaged newer
+    ones skipped with a warning; `Trainer.fit` moves them aside), or the named one, which must verify. Decided on the
+    main process and shared with the other ranks."""
     if run.resume == "no":
         return None
-    if run.resume == "auto":
-        return latest_checkpoint(run_dir)
-    path = Path(run.resume)
-    if not (path / "COMPLETE").exists():
-        raise UserError(f"run.resume={run.resume}: not a complete checkpoint folder (no COMPLETE marker)")
-    return path
+    choice = [None, None]  # (checkpoint path, error)
+    if rank() == 0:
+        try:
+            if run.resume == "auto":
+                found = newest_intact_checkpoint(run_dir)
+                choice[0] = None if found is None else str(found)
+            elif not Path(run.resume).is_dir():
+                choice[1] = f"run.resume={run.resume}: no such checkpoint folder"
+            else:
+                verify_checkpoint(run.resume)
+                choice[0] = run.resume
+        except DamagedCheckpointError as err:
+            choice[1] = f"run.resume={run.resume}: {err}"
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and world_size() > 1:
+        torch.distributed.broadcast_object_list(choice, src=0)
+    if choice[1] is not None:
+        raise UserError(choice[1])
+    return None if choice[0] is None else Path(choice[0])
 
 
-__all__ = ["LoopParts", "Trainer", "TrainingDivergedError", "prepare_run", "resolve_resume"]
+__all__ = ["LoopParts", "Trainer", "TrainingDivergedError", "check_run", "prepare_run", "resolve_resume"]

@@ -55,6 +55,20 @@ def pick_examples(model, args) -> dict[int, dict[str, torch.Tensor]]:
     return found
 
 
+def load_tokenizer(model):
+    """The tokenizer saved next to a hybrid model (train_hybrid.py writes it into model/), else the backbone's from a
+    local folder or the local Hub cache: never a download, so traces work offline."""
+    from transformers import AutoTokenizer
+
+    for source in (model.source, model.backbone):
+        try:
+            return AutoTokenizer.from_pretrained(source, local_files_only=True)
+        except (OSError, ValueError):
+            continue
+    raise UserError(f"no tokenizer in {model.source} and backbone {model.backbone!r} is not available locally; "
+                    f"save one there with tokenizer.save_pretrained({str(model.source)!r})")
+
+
 def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A one-row text batch without its padding positions."""
     if "attention_mask" not in batch:
@@ -74,11 +88,7 @@ def main(argv: list[str]) -> None:
         raise UserError(f"--kind ({', '.join(KINDS)}) is needed to draw the grids of a pure model")
     steps = args.steps or model.trained_steps
     cycles = {k: v for k, v in (("H_cycles", args.H_cycles), ("L_cycles", args.L_cycles)) if v is not None}
-    tokenizer = None
-    if model.kind == "hybrid":
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model.backbone)
+    tokenizer = load_tokenizer(model) if model.kind == "hybrid" else None
 
     summary, changes = {}, {}
     for index, batch in sorted(pick_examples(model, args).items()):

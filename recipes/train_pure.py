@@ -19,6 +19,7 @@ from hybrid.data.sampler import TrainSampler, eval_batches, global_batch_plan
 from hybrid.models.pure import build_pure_model
 from hybrid.train.config import PureTrainConfig
 from hybrid.train.loop import LoopParts, Trainer, check_schedule, prepare_run, resolve_resume
+from hybrid.train.tracking import release_run_dir
 from hybrid.utils import UserError, get_logger, run_main, seed_everything, world_size
 
 log = get_logger("hybrid.train_pure")
@@ -129,6 +130,7 @@ def main(argv: list[str]) -> None:
         trainer.resume_from(resume)
     trainer.fit()
     accelerator.end_training()
+    release_run_dir(run_dir)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The run folder: creating and locking it, logging metrics as JSON lines, and turning them into curves and a summary.
+"""The run folder: creating and locking it, choosing the checkpoint to resume from, logging metrics as JSON lines,
+and turning them into curves and a summary.
 
 A run folder holds `run.json` (written by `RunDir.create`, marks the folder as a hybrid run), `metrics.jsonl`
 (one `{"step": ..., "split": "train" | "eval", <metric>: <number>, ...}` object per line), `checkpoints/` and `.lock`.
@@ -17,9 +18,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
+import torch
 from torch import Tensor
+
+from hybrid.checkpoint import DamagedCheckpointError, newest_intact_checkpoint, verify_checkpoint
+from hybrid.train.config import RunConfig
+from hybrid.utils import UserError, rank, world_size
 
 RUN_MARKER, METRICS_FILE, LOCK_FILE = "run.json", "metrics.jsonl", ".lock"
 SPLITS = ("train", "eval")
@@ -125,6 +131,13 @@ def lock_run_dir(path: str | os.PathLike) -> None:
     _held_locks[key] = fd
 
 
+def release_run_dir(path: str | os.PathLike) -> None:
+    """Give up this process's lock of run folder `path` (a finished recipe; the lock also ends with the process)."""
+    fd = _held_locks.pop(Path(path).resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the only descriptor of the lock file releases the flock
+
+
 class MetricsLogger:
     """Appends one JSON line per `log` call to `run_dir/metrics.jsonl`; does nothing off the main process."""
 
@@ -183,6 +196,93 @@ def _step_of(line: str) -> float:
         return int(json.loads(line)["step"])
     except (ValueError, KeyError, TypeError):
         return math.inf
+
+
+def check_run(run: RunConfig) -> None:
+    """Refuse now, before expensive work, a run that `prepare_run` would refuse: an unknown or missing tracker, a
+    previous run without run.resume / run.overwrite, a folder that is not a run, a folder another process is writing.
+    Changes nothing (an existing run's lock is taken and kept)."""
+    _trackers(run)
+    _on_main_process(lambda: RunDir.check(run.output_dir, overwrite=run.overwrite, resume=run.resume != "no"), run)
+
+
+def prepare_run(run: RunConfig):
+    """The run folder (never overwriting a previous run unless asked, locked for this process) and an Accelerator.
+
+    The Accelerator is created with `cpu=True` on machines without CUDA: without it, each rank of a multi-process
+    CPU launch silently trains alone."""
+    from accelerate import Accelerator
+
+    trackers = _trackers(run)
+    run_dir = Path(run.output_dir)
+    _on_main_process(lambda: RunDir.create(run_dir, overwrite=run.overwrite, resume=run.resume != "no"), run)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers or None, project_dir=str(run_dir))
+    return accelerator, run_dir
+
+
+def _trackers(run: RunConfig) -> list[str]:
+    for name in run.trackers:
+        if name == "tensorboard":
+            _require("tensorboard", "tensorboard", "pip install tensorboard, or set run.trackers=[]")
+        elif name == "wandb":
+            _require("wandb", "wandb", "pip install wandb, or remove wandb from run.trackers")
+        else:
+            raise UserError(f"run.trackers: unknown tracker {name!r}; use tensorboard and/or wandb")
+    return list(run.trackers)
+
+
+def _on_main_process(check: Callable[[], object], run: RunConfig) -> None:
+    """Run a run-folder `check` on the main process; its RunDirError is raised as a UserError on every rank."""
+    from accelerate import PartialState
+
+    if run.resume not in ("no", "auto") and run.overwrite:
+        raise UserError("run.overwrite=true and run.resume=<checkpoint> exclude each other")
+    state = PartialState(cpu=not torch.cuda.is_available())
+    error = None
+    if state.is_main_process:
+        try:
+            check()
+        except RunDirError as err:
+            error = str(err)
+    errors = [error]
+    if state.num_processes > 1:
+        errors = [None] * state.num_processes
+        torch.distributed.all_gather_object(errors, error)
+    if any(errors):
+        raise UserError(next(e for e in errors if e))
+
+
+def _require(module: str, package: str, hint: str):
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise UserError(f"tracker {package!r} was asked for but is not installed: {hint}")
+
+
+def resolve_resume(run: RunConfig, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from: None for run.resume=no, the newest one that verifies for auto (damaged newer
+    ones skipped with a warning; `Trainer.fit` moves them aside), or the named one, which must verify. Decided on the
+    main process and shared with the other ranks."""
+    if run.resume == "no":
+        return None
+    choice = [None, None]  # (checkpoint path, error)
+    if rank() == 0:
+        try:
+            if run.resume == "auto":
+                found = newest_intact_checkpoint(run_dir)
+                choice[0] = None if found is None else str(found)
+            elif not Path(run.resume).is_dir():
+                choice[1] = f"run.resume={run.resume}: no such checkpoint folder"
+            else:
+                verify_checkpoint(run.resume)
+                choice[0] = run.resume
+        except DamagedCheckpointError as err:
+            choice[1] = f"run.resume={run.resume}: {err}"
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and world_size() > 1:
+        torch.distributed.broadcast_object_list(choice, src=0)
+    if choice[1] is not None:
+        raise UserError(choice[1])
+    return None if choice[0] is None else Path(choice[0])
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:

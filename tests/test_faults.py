@@ -352,3 +352,23 @@ def test_evaluate_user_errors_and_a_damaged_checkpoint(tmp_path, sudoku4, capfd,
     evaluate(["--checkpoint", str(out), "--out", str(report)])  # the run folder: its newest intact checkpoint
     assert json.loads(report.read_text())["checkpoint"].endswith("step_00000004")
     assert "skipping step_00000008" in caplog.text
+
+
+def test_trace_takes_the_tokenizer_from_the_model_folder_offline(tmp_path):
+    """A hybrid model folder holds its tokenizer (train_hybrid.py saves it there); the backbone name is never fetched."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from test_backbones import make_tiny_backbone
+
+    backbone = make_tiny_backbone("bert", tmp_path / "bert")
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps({"model_type": "hybrid_recursive"}))
+    load_tokenizer = load_recipe("trace").load_tokenizer
+    with pytest.raises(UserError, match="no tokenizer in .*model and backbone 'nobody/not-cached'"):
+        load_tokenizer(SimpleNamespace(source=model_dir, backbone="nobody/not-cached"))
+    AutoTokenizer.from_pretrained(backbone).save_pretrained(model_dir)
+    tokenizer = load_tokenizer(SimpleNamespace(source=model_dir, backbone="nobody/not-cached"))
+    assert tokenizer.convert_ids_to_tokens(tokenizer("the cat")["input_ids"])[1:-1] == ["the", "cat"]

@@ -4,20 +4,27 @@ training and evaluation: it imports nothing from them.
 Layout: `run_dir/checkpoints/step_{step:08d}/` holding
     model.safetensors   the model's tensors
     train_state.pt      everything else (optimiser states, EMA, RNG states, carry, sampler position)
-    COMPLETE            written last; a folder without it is not a checkpoint
+    COMPLETE            written last; a folder without it is not a checkpoint. JSON: the step and the size and
+                        sha256 of both files, checked before a checkpoint is read (older checkpoints hold the step only)
 
 A checkpoint is assembled in a temporary sibling folder and renamed into place with `os.replace`, so a crash at any
-point leaves either the whole new checkpoint or none of it.
+point leaves either the whole new checkpoint or none of it. Damage after the write (a truncated copy, a flipped byte)
+is caught by the checksums: `newest_intact_checkpoint` skips such a checkpoint and says why, and `set_aside` moves
+checkpoints that a resumed run will not continue from into `checkpoints/abandoned_<time>/` (never deleted).
 
 `train_state.pt` is read back with `torch.load(weights_only=True)`, so it may hold only tensors, bool / int / float /
 str / None, and lists, tuples and dicts of those (dict keys str or int). `save_checkpoint` checks this before writing;
 `rng_state()` already returns numpy's state in that form.
 """
 
+import hashlib
+import json
 import os
 import random
 import re
 import shutil
+import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -26,14 +33,21 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from hybrid.utils import UserError
+from hybrid.utils import UserError, get_logger
 
 MODEL_FILE, TRAIN_STATE_FILE, COMPLETE_MARKER = "model.safetensors", "train_state.pt", "COMPLETE"
 _STEP_DIR = re.compile(r"step_(\d{8,})")
+_TEMPORARY = re.compile(r"\.tmp_step_\d{8,}_\d+")
+
+log = get_logger("hybrid.checkpoint")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be written or read as asked."""
+
+
+class DamagedCheckpointError(CheckpointError, UserError):
+    """A checkpoint folder whose files are missing, unfinished or differ from what was written."""
 
 
 def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
@@ -65,9 +79,9 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model_state: dict[
     try:
         save_file(tensors, tmp / MODEL_FILE)
         torch.save(train_state, tmp / TRAIN_STATE_FILE)
-        (tmp / COMPLETE_MARKER).write_text(f"{step}\n")
-        for name in (MODEL_FILE, TRAIN_STATE_FILE, COMPLETE_MARKER):
-            _fsync(tmp / name)
+        files = {name: _file_record(tmp / name) for name in (MODEL_FILE, TRAIN_STATE_FILE)}
+        (tmp / COMPLETE_MARKER).write_text(json.dumps({"step": step, "files": files}) + "\n")
+        _file_record(tmp / COMPLETE_MARKER)  # flushes it to disk before the rename publishes the checkpoint
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -80,15 +94,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model_state: dict[
 
 def complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     """The complete checkpoint folders of `run_dir`, oldest step first; temporary and unfinished folders are skipped."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        match = _STEP_DIR.fullmatch(path.name)
-        if match and (path / COMPLETE_MARKER).is_file():
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
+    return [path for path in _step_folders(run_dir) if (path / COMPLETE_MARKER).is_file()]
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
@@ -98,12 +104,83 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
-    """Read a checkpoint folder back as `(model_state, train_state)`, all tensors on CPU."""
+    """Read a checkpoint folder back as `(model_state, train_state)`, all tensors on CPU, after `verify_checkpoint`."""
     path = Path(path)
-    if not (path / COMPLETE_MARKER).is_file():
-        raise CheckpointError(f"load_checkpoint: {path} is not a complete checkpoint (no {COMPLETE_MARKER} file); "
-                              "use latest_checkpoint(run_dir) to find one")
-    return load_file(path / MODEL_FILE), torch.load(path / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
+    verify_checkpoint(path)
+    try:
+        return load_file(path / MODEL_FILE), torch.load(path / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as err:  # reached only by checkpoints written before checksums were recorded
+        raise DamagedCheckpointError(f"checkpoint {path} cannot be read: {type(err).__name__}: {err}") from err
+
+
+def verify_checkpoint(path: str | os.PathLike) -> None:
+    """Raise `DamagedCheckpointError` saying what is wrong unless `path` is a finished checkpoint whose files have the
+    sizes and sha256 sums recorded in its COMPLETE file."""
+    path = Path(path)
+    marker = path / COMPLETE_MARKER
+    if not marker.is_file():
+        raise DamagedCheckpointError(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER} file: its write never "
+                                     "finished)")
+    try:
+        record = json.loads(marker.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DamagedCheckpointError(f"checkpoint {path}: {COMPLETE_MARKER} is not readable") from None
+    if isinstance(record, int):  # written before checksums were recorded: nothing to compare with
+        return
+    if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
+        raise DamagedCheckpointError(f"checkpoint {path}: {COMPLETE_MARKER} holds no file records")
+    for name, expected in record["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise DamagedCheckpointError(f"checkpoint {path}: {name} is missing")
+        if file.stat().st_size != expected["bytes"]:
+            raise DamagedCheckpointError(f"checkpoint {path}: {name} has {file.stat().st_size} bytes, "
+                                         f"{expected['bytes']} were written (truncated or replaced)")
+        if _file_record(file, sync=False)["sha256"] != expected["sha256"]:
+            raise DamagedCheckpointError(f"checkpoint {path}: {name} differs from what was written (sha256 mismatch)")
+
+
+def newest_intact_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest checkpoint folder of `run_dir` that passes `verify_checkpoint`; each newer one is logged as skipped
+    with the reason. None when no checkpoint passes."""
+    for path in reversed(_step_folders(run_dir)):
+        try:
+            verify_checkpoint(path)
+            return path
+        except DamagedCheckpointError as err:
+            log.warning(f"skipping {path.name}: {err}")
+    return None
+
+
+def set_aside(run_dir: str | os.PathLike, after_step: int) -> Path | None:
+    """Move every step folder past `after_step` (finished or not) into `checkpoints/abandoned_<time>/`, oldest first,
+    and delete temporary folders of interrupted writes. For a run that continues from `after_step`: its later
+    checkpoints belong to another history and must neither be overwritten nor picked by `run.resume=auto`. Returns
+    the folder they went to, or None when there were none. Call it on the main process, holding the run-folder lock."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    for path in root.iterdir():
+        if _TEMPORARY.fullmatch(path.name):
+            shutil.rmtree(path)
+    later = [path for path in _step_folders(run_dir) if int(path.name[5:]) > after_step]
+    if not later:
+        return None
+    aside = Path(tempfile.mkdtemp(prefix=f"abandoned_{time.strftime('%Y%m%d-%H%M%S')}_", dir=root))
+    aside.chmod(0o755)  # mkdtemp makes it private; it is an ordinary part of the run folder
+    for path in later:
+        os.replace(path, aside / path.name)
+    log.info(f"moved {len(later)} checkpoint folder(s) past step {after_step} to {aside}")
+    return aside
+
+
+def _step_folders(run_dir: str | os.PathLike) -> list[Path]:
+    """Every `step_*` folder of `run_dir/checkpoints`, finished or not, oldest step first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if _STEP_DIR.fullmatch(p.name) and p.is_dir()),
+                  key=lambda p: int(p.name[5:]))
 
 
 def rng_state() -> dict:
@@ -174,21 +251,28 @@ def _check_weights_only(value, where: str) -> None:
                           " or torch.from_numpy)")
 
 
-def _fsync(path: Path) -> None:
+def _file_record(path: Path, *, sync: bool = True) -> dict:
+    """{"bytes", "sha256"} of a file; with `sync` it is also flushed to disk (one read serves both)."""
     with open(path, "rb") as f:
-        os.fsync(f.fileno())
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if sync:
+            os.fsync(f.fileno())
+        return {"bytes": os.fstat(f.fileno()).st_size, "sha256": digest}
 
 
 def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
-    """(run folder, checkpoint folder) from either a run folder (its latest complete checkpoint) or a checkpoint."""
+    """(run folder, checkpoint folder) from either a run folder (its newest intact checkpoint, damaged newer ones
+    skipped with a warning) or a checkpoint folder (which must be intact)."""
     path = Path(path)
-    if (path / "COMPLETE").exists():
+    if (path / COMPLETE_MARKER).exists() or _STEP_DIR.fullmatch(path.name):
+        verify_checkpoint(path)
         return path.parent.parent, path
     if not path.is_dir():
         raise UserError(f"checkpoint {path} does not exist")
-    latest = latest_checkpoint(path)
+    latest = newest_intact_checkpoint(path)
     if latest is None:
-        raise UserError(f"{path} holds no complete checkpoint (expected a run folder or a checkpoint folder)")
+        raise UserError(f"{path} holds no complete checkpoint that verifies (expected a run folder or a checkpoint "
+                        "folder)")
     return path, latest
 
 

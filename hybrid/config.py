@@ -25,6 +25,16 @@ class ConfigError(ValueError):
     """A configuration that cannot be used as written; the message says where and why."""
 
 
+class HelpRequested(Exception):
+    """`-h` / `--help` on a config-driven recipe; `hybrid.utils.run_main` prints the recipe's usage and exits 0."""
+
+
+CLI_USAGE = """\
+usage: [--config FILE] [key=value ...]
+  --config FILE   a YAML config (configs/ holds ready ones; `base: other.yaml` extends another file)
+  key=value       dotted overrides applied last, values read as YAML: training.lr=3e-4 run.resume=auto"""
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -256,6 +266,8 @@ def split_cli(argv: list[str]) -> tuple[str | None, list[str]]:
     path, overrides, i = None, [], 0
     while i < len(argv):
         arg = argv[i]
+        if arg in ("-h", "--help"):
+            raise HelpRequested()
         if arg == "--config":
             if i + 1 >= len(argv):
                 raise ConfigError("--config needs a file path")
@@ -272,7 +284,9 @@ def split_cli(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 __all__ = [
+    "CLI_USAGE",
     "ConfigError",
+    "HelpRequested",
     "apply_overrides",
     "from_dict",
     "load_config",

@@ -21,6 +21,13 @@ def rank() -> int:
     return int(os.environ.get("RANK", 0))
 
 
+def world_size() -> int:
+    """Processes of this launch, known before any process group or Accelerator exists (checks made up front)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
 class _MainProcessFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return getattr(record, "all_ranks", False) or rank() == 0
@@ -40,11 +47,15 @@ def get_logger(name: str = "hybrid") -> logging.Logger:
 
 
 def run_main(main, argv: list[str] | None = None) -> None:
-    """Run a recipe's `main(argv)`: user errors become one line on stderr and exit status 2."""
-    from hybrid.config import ConfigError
+    """Run a recipe's `main(argv)`: user errors become one line on stderr and exit status 2; `--help` on a
+    config-driven recipe prints its module docstring and the shared override syntax."""
+    from hybrid.config import CLI_USAGE, ConfigError, HelpRequested
 
     try:
         main(sys.argv[1:] if argv is None else argv)
+    except HelpRequested:
+        print(f"{(main.__globals__.get('__doc__') or '').strip()}\n\n{CLI_USAGE}")
     except (UserError, ConfigError, FileNotFoundError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        # One line, also for messages that quote a multi-line source (YAML errors).
+        print("error: " + " ".join(line.strip() for line in str(err).splitlines() if line.strip()), file=sys.stderr)
         sys.exit(2)

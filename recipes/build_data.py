@@ -12,6 +12,8 @@
 import argparse
 import importlib
 
+from hybrid.utils import UserError, run_main
+
 # sub-command -> (module, function adding its flags, function building from the parsed flags)
 COMMANDS = {
     "sudoku": ("hybrid.data.sudoku", "add_cli_arguments", "build_from_args"),
@@ -22,7 +24,7 @@ COMMANDS = {
 }
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, add, build) in COMMANDS.items():
@@ -30,9 +32,12 @@ def main(argv: list[str] | None = None) -> None:
         getattr(mod, add)(sub.add_parser(name, help=f"{module}.{build}"))
     args = parser.parse_args(argv)
     module, _, build = COMMANDS[args.command]
-    out = getattr(importlib.import_module(module), build)(args)
+    try:
+        out = getattr(importlib.import_module(module), build)(args)
+    except (ValueError, OSError) as err:  # the builders' input checks: a file, a row or a flag that is wrong
+        raise UserError(f"build_data.py {args.command}: {err}") from None
     print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

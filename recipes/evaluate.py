@@ -40,6 +40,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> None:
     args = parse(argv)
+    for flag in ("halt_max_steps", "batch_size", "max_examples"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')} {value} must be >= 1")
+    if args.submission and not args.arc:
+        raise UserError("--submission needs --arc")
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())
@@ -55,10 +61,9 @@ def main(argv: list[str]) -> None:
             f"{data} has seq_len={meta.seq_len}, vocab_size={meta.vocab_size}; the model was trained with "
             f"seq_len={arch.seq_len}, vocab_size={arch.vocab_size}"
         )
-    if args.submission and not args.arc:
-        raise UserError("--submission needs --arc")
-
     batch = args.batch_size or run.config["training"]["global_batch_size"]
+    if batch % state.num_processes:
+        raise UserError(f"batch size {batch} is not divisible by {state.num_processes} processes; pass --batch-size")
     evaluators = []
     if args.arc:
         from hybrid.eval.arc import ARCLoopEvaluator

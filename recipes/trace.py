@@ -58,6 +58,21 @@ def pick_examples(model, args) -> dict[int, dict[str, torch.Tensor]]:
     return found
 
 
+def load_tokenizer(model):
+    """The tokenizer saved next to a hybrid model (train_hybrid.py writes it into model/), else the backbone's from a
+    local folder or the local Hub cache: never a download, so traces work offline."""
+    from transformers import AutoTokenizer
+
+    backbone = model.hf_model.config.backbone_name_or_path
+    for source in (model.source, backbone):
+        try:
+            return AutoTokenizer.from_pretrained(source, local_files_only=True)
+        except (OSError, ValueError):
+            continue
+    raise UserError(f"no tokenizer in {model.source} and backbone {backbone!r} is not available locally; "
+                    f"save one there with tokenizer.save_pretrained({str(model.source)!r})")
+
+
 def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A one-row text batch without its padding positions."""
     if "attention_mask" not in batch:
@@ -77,15 +92,7 @@ def main(argv: list[str]) -> None:
         raise UserError(f"--kind ({', '.join(KINDS)}) is needed to draw the grids of a pure model")
     steps = args.steps or model.trained_steps
     cycles = {k: v for k, v in (("H_cycles", args.H_cycles), ("L_cycles", args.L_cycles)) if v is not None}
-    tokenizer = None
-    if model.kind == "hybrid":
-        from transformers import AutoTokenizer
-
-        # The tokenizer saved beside the model (train_hybrid.py writes it there): no Hub access needed.
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(model.source)
-        except (OSError, ValueError) as err:
-            raise UserError(f"--checkpoint {model.source}: no tokenizer saved with the model ({err})") from None
+    tokenizer = load_tokenizer(model) if model.kind == "hybrid" else None
 
     summary, changes = {}, {}
     for index, batch in sorted(pick_examples(model, args).items()):

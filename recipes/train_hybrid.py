@@ -27,7 +27,8 @@ from hybrid.eval.loop import evaluate
 from hybrid.models.backbones import BackboneNotFoundError, backbone_max_length, load_backbone
 from hybrid.models.modeling_hybrid import hybrid_model_for
 from hybrid.train.config import HybridTrainConfig
-from hybrid.train.loop import LoopParts, Trainer, check_schedule, prepare_run, resolve_resume
+from hybrid.train.loop import LoopParts, Trainer, check_schedule
+from hybrid.train.tracking import check_run, prepare_run, release_run_dir, resolve_resume
 from hybrid.data.streams import ShuffledBatches, padded_batches
 from hybrid.utils import UserError, get_logger, run_main
 
@@ -100,10 +101,20 @@ def prepare_examples(
 def main(argv: list[str]) -> None:
     path, overrides = split_cli(argv)
     cfg = load_config(HybridTrainConfig, path or DEFAULT_CONFIG, overrides)
+    # The run folder (exists? another writer?) is checked before the backbone and its features cost any time.
+    check_run(cfg.run)
     started = time.perf_counter()
 
     train_raw, tests_raw, level, num_labels, one_token = make_task(cfg)
     m = cfg.model_config(task=level, num_labels=num_labels)
+    # Everything knowable from the config and the raw data is checked before the backbone runs.
+    batch = cfg.training.global_batch_size
+    steps = cfg.training.total_steps or cfg.training.epochs * len(train_raw) // batch
+    if steps < 1:
+        raise UserError(f"training.epochs={cfg.training.epochs} gives no optimiser step for {len(train_raw)} examples")
+    check_schedule(cfg.training, steps)
+    if batch > len(train_raw):
+        raise UserError(f"training.global_batch_size={batch} is larger than the {len(train_raw)} training examples")
     set_seed(cfg.run.seed)
     try:
         backbone, tokenizer = load_backbone(m.backbone_name_or_path)
@@ -118,11 +129,6 @@ def main(argv: list[str]) -> None:
                  for i in range(len(examples_set)))
     collate = TextCollator(pad_token_id=tokenizer.pad_token_id, pad_to=pad_to)
 
-    batch = cfg.training.global_batch_size
-    steps = cfg.training.total_steps or cfg.training.epochs * len(train) // batch
-    if steps < 1:
-        raise UserError(f"training.epochs={cfg.training.epochs} gives no optimiser step for {len(train)} examples")
-    check_schedule(cfg.training, steps)
     accelerator, run_dir = prepare_run(cfg.run)
     rank, world = accelerator.process_index, accelerator.num_processes
 
@@ -153,6 +159,7 @@ def main(argv: list[str]) -> None:
     final = trainer.fit()
     if not final:  # stopped early (run.stop_at_step): the checkpoint is the output
         accelerator.end_training()
+        release_run_dir(run_dir)
         return
 
     results = {next(iter(examples)): final}
@@ -185,6 +192,7 @@ def main(argv: list[str]) -> None:
                   f"token accuracy {r.get('accuracy', 0):.4f} ({int(r.get('count', 0))} examples)")
         print(f"model saved to {run_dir / 'model'}; curves in {run_dir / 'curves.png'}")
     accelerator.end_training()
+    release_run_dir(run_dir)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ from accelerate.utils import set_seed
 
 from hybrid.config import load_config, split_cli
 from hybrid.data.format import DatasetFormatError, read_split
-from hybrid.data.sampler import TrainSampler, eval_batches
+from hybrid.data.sampler import TrainSampler, eval_batches, global_batch_plan
 from hybrid.models.pure import build_pure_model
 from hybrid.train.config import PureTrainConfig
 from hybrid.train.loop import LoopParts, Trainer, check_schedule, prepare_run, resolve_resume
-from hybrid.utils import UserError, get_logger, run_main
+from hybrid.train.tracking import release_run_dir
+from hybrid.utils import UserError, get_logger, run_main, world_size
 
 log = get_logger("hybrid.train_pure")
 
@@ -33,9 +34,26 @@ def load_data(cfg: PureTrainConfig):
             "(the config's header shows the command)"
         )
     try:
-        return read_split(root, "train"), read_split(root, "test")
+        train, test = read_split(root, "train"), read_split(root, "test")
     except (DatasetFormatError, FileNotFoundError) as err:
         raise UserError(f"data.path={root}: {err}") from None
+    for split, ds in (("train", train), ("test", test)):
+        if ds.num_examples == 0:
+            raise UserError(f"data.path={root}: the {split} split holds no examples")
+    return train, test
+
+
+def check_batch(cfg: PureTrainConfig, train) -> None:
+    """The global batch must split evenly over the processes and fit the data (the sampler drops a ragged batch)."""
+    batch, world = cfg.training.global_batch_size, world_size()
+    if batch % world:
+        raise UserError(f"training.global_batch_size={batch} is not divisible by {world} processes")
+    plan = global_batch_plan(train, global_batch_size=batch, seed=cfg.run.seed, iteration=1,
+                             epochs_per_iter=cfg.training.epochs_per_iter)
+    if not plan:
+        raise UserError(f"training.global_batch_size={batch} is larger than one pass over the training data "
+                        f"({train.num_examples} examples in {train.num_groups} groups of {cfg.data.path}); lower it "
+                        "or raise training.epochs_per_iter")
 
 
 def total_steps(cfg: PureTrainConfig, train) -> int:
@@ -78,10 +96,9 @@ def main(argv: list[str]) -> None:
     cfg.arch = dataclasses.asdict(arch)  # saved resolved, so the run can be rebuilt without its dataset
     steps = total_steps(cfg, train)
     check_schedule(cfg.training, steps)
+    check_batch(cfg, train)
     accelerator, run_dir = prepare_run(cfg.run)
     rank, world = accelerator.process_index, accelerator.num_processes
-    if cfg.training.global_batch_size % world:
-        raise UserError(f"training.global_batch_size={cfg.training.global_batch_size} is not divisible by {world} processes")
     # Same weights on every rank (built from one seed), different exploration draws per rank (seed + rank).
     set_seed(cfg.run.seed)
     reasoner, act = build_pure_model(arch, generator=torch.Generator().manual_seed(cfg.run.seed + rank))
@@ -114,6 +131,7 @@ def main(argv: list[str]) -> None:
         trainer.resume_from(resume)
     trainer.fit()
     accelerator.end_training()
+    release_run_dir(run_dir)
 
 
 if __name__ == "__main__":

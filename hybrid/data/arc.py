@@ -357,6 +357,9 @@ def build_arc(
     if subsample_size is not None and subsample_size < 1:
         raise ValueError(f"--subsample-size must be >= 1, got {subsample_size}")
     loaded = {s: load_subset(input_file_prefix, s) for s in subsets}  # validate everything before drawing or writing
+    empty = [s for s, tasks in loaded.items() if not tasks]
+    if empty:
+        raise ARCDataError(f"subset(s) {empty} hold no tasks ({subset_files(input_file_prefix, empty[0])[0]} is empty)")
     owner: dict[str, str] = {}
     for s, tasks in loaded.items():
         for task in tasks:

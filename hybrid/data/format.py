@@ -114,7 +114,7 @@ def _check_offsets(name: str, offsets: np.ndarray, end: int, where: str) -> None
 def validate(ds: GridDataset, where: str, *, check_tokens: bool) -> None:
     """Raise DatasetFormatError naming `where` when the arrays disagree with each other or with the metadata.
 
-    check_tokens scans every token against vocab_size; readers skip it because it reads the whole memory map.
+    check_tokens scans every token against vocab_size (a pass over the whole memory map, about a second per GB).
     """
     meta = ds.metadata
     for name in ARRAY_NAMES:
@@ -147,8 +147,10 @@ def validate(ds: GridDataset, where: str, *, check_tokens: bool) -> None:
         for name in ("inputs", "labels"):
             arr = getattr(ds, name)
             if arr.size and (arr.min() < 0 or arr.max() >= meta.vocab_size):
+                row = int(np.flatnonzero(((arr < 0) | (arr >= meta.vocab_size)).any(axis=1))[0])
                 raise DatasetFormatError(
-                    f"{where}: {name} tokens span {arr.min()}..{arr.max()}, outside 0..vocab_size-1 = 0..{meta.vocab_size - 1}"
+                    f"{where}: {name} row {row} holds a token outside 0..vocab_size-1 = 0..{meta.vocab_size - 1} "
+                    f"(tokens span {arr.min()}..{arr.max()})"
                 )
 
 
@@ -202,8 +204,11 @@ def read_identifiers(root: Path) -> list[str]:
     return names
 
 
-def read_split(root: Path, split: str, *, mmap: bool = True, set_name: str = "all") -> GridDataset:
-    """Load `<root>/<split>/`; inputs and labels are memory-mapped read-only when mmap (the index arrays are small)."""
+def read_split(
+    root: Path, split: str, *, mmap: bool = True, set_name: str = "all", check_tokens: bool = True
+) -> GridDataset:
+    """Load `<root>/<split>/`; inputs and labels are memory-mapped read-only when mmap (the index arrays are small).
+    Every token is checked against vocab_size now (check_tokens), so a bad row fails at load, not when sampled."""
     folder = Path(root) / split
     meta_path = folder / "dataset.json"
     if not meta_path.is_file():
@@ -217,7 +222,7 @@ def read_split(root: Path, split: str, *, mmap: bool = True, set_name: str = "al
         big = name in ("inputs", "labels")
         arrays[name] = np.load(path, mmap_mode="r" if (mmap and big) else None, allow_pickle=False)
     ds = GridDataset(**arrays, metadata=metadata, set_name=set_name)
-    validate(ds, str(folder), check_tokens=False)
+    validate(ds, str(folder), check_tokens=check_tokens)
     return ds
 
 
@@ -247,6 +252,24 @@ def atomic_output_dir(path: Path, *, overwrite: bool = False) -> Iterator[Path]:
 
 
 HUB_CSV_HEADER = ["source", "question", "answer", "rating"]
+
+
+def resolve_hub_csv(name: str, repo: str) -> Path:
+    """A local file as is; otherwise a file of the Hub dataset `repo` (downloaded once into the Hub cache). A path
+    whose folder exists here is taken as a mistyped local file, never sent to the Hub."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    if path.parent != Path(".") and path.parent.is_dir():
+        raise FileNotFoundError(f"{path}: no such file")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id=repo, filename=name, repo_type="dataset"))
+    except Exception as err:  # offline, unknown repo or file: each means "this file is not available"
+        first_line = (str(err).splitlines() or [""])[0]
+        raise FileNotFoundError(f"{name}: not a local file, and fetching it from the Hub dataset {repo} failed "
+                                f"({type(err).__name__}: {first_line})") from err
 
 
 def iter_hub_csv(path: Path) -> Iterator[tuple[str, list[str]]]:

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hybrid.data.format import (
-    DatasetMetadata, atomic_output_dir, iter_hub_csv, read_split, write_identifiers, write_split,
+    DatasetMetadata, atomic_output_dir, iter_hub_csv, read_split, resolve_hub_csv, write_identifiers, write_split,
 )
 
 HUB_REPO = "sapientinc/maze-30x30-hard-1k"
@@ -156,12 +156,7 @@ def _read_source(args: argparse.Namespace, split: str) -> tuple[np.ndarray, np.n
         if ds.num_groups != ds.num_puzzles:
             raise ValueError(f"{args.input_dir}/{split}: already augmented ({ds.num_puzzles} puzzles in {ds.num_groups} groups)")
         return np.asarray(ds.inputs), np.asarray(ds.labels)
-    path = Path(f"{args.input_file_prefix}{split}.csv")
-    if not path.is_file():
-        from huggingface_hub import hf_hub_download
-
-        path = Path(hf_hub_download(repo_id=args.source_repo, filename=path.name, repo_type="dataset"))
-    return read_maze_csv(path)
+    return read_maze_csv(resolve_hub_csv(f"{args.input_file_prefix}{split}.csv", args.source_repo))
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
@@ -252,6 +247,8 @@ def add_gen_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_gen_from_args(args: argparse.Namespace) -> Path:
+    if args.train_size < 1 or args.test_size < 0:
+        raise ValueError(f"--train-size {args.train_size} must be >= 1 and --test-size {args.test_size} >= 0")
     common = dict(size=args.size, wall_density=args.wall_density, min_path_len=args.min_path_len, seed=args.seed)
     train = generate_mazes(args.train_size, **common, desc="maze-gen train")
     test = generate_mazes(args.test_size, **common, first_index=args.train_size, desc="maze-gen test")

@@ -45,6 +45,8 @@ def global_batch_plan(
     ds: GridDataset, *, global_batch_size: int, seed: int, iteration: int, epochs_per_iter: int = 1
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """The (example indices, puzzle indices) of every full global batch of one iteration, in order."""
+    if ds.num_groups == 0:
+        return []
     rng = np.random.Generator(np.random.Philox(seed=seed + iteration))
     group_order = np.concatenate([rng.permutation(ds.num_groups) for _ in range(epochs_per_iter)])
     # One vectorised draw gives the same stream as the official per-group scalar draws (checked in the tests).

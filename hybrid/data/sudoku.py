@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from hybrid.data.format import DatasetMetadata, atomic_output_dir, iter_hub_csv, write_identifiers, write_split
+from hybrid.data.format import (
+    DatasetMetadata, atomic_output_dir, iter_hub_csv, resolve_hub_csv, write_identifiers, write_split,
+)
 
 HUB_REPO = "sapientinc/sudoku-extreme"
 
@@ -33,16 +35,6 @@ class SudokuRows:
     ratings: np.ndarray  # [N] int64, -1 where the file leaves the rating empty
 
 
-def resolve_csv(name: str, repo: str = HUB_REPO) -> Path:
-    """A local file as is; anything else is a file name in the Hub dataset `repo`."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    from huggingface_hub import hf_hub_download
-
-    return Path(hf_hub_download(repo_id=repo, filename=name, repo_type="dataset"))
-
-
 def _parse_cells(text: str, *, blanks: str, where: str, what: str) -> np.ndarray:
     if len(text) != 81:
         raise ValueError(f"{where}: {what} has {len(text)} cells, expected 81")
@@ -56,7 +48,7 @@ def _parse_cells(text: str, *, blanks: str, where: str, what: str) -> np.ndarray
 
 def read_sudoku_csv(path: Path) -> SudokuRows:
     """Rows `source,question,answer,rating` ('.' = blank); a malformed row raises ValueError naming file and line."""
-    sources, questions, answers, ratings = [], [], [], []
+    sources, questions, answers, ratings, wheres = [], [], [], [], []
     for where, (source, question, answer, rating) in iter_hub_csv(path):
         q = _parse_cells(question, blanks=".0", where=where, what="question")
         a = _parse_cells(answer, blanks="", where=where, what="answer")
@@ -68,9 +60,24 @@ def read_sudoku_csv(path: Path) -> SudokuRows:
         questions.append(q)
         answers.append(a)
         ratings.append(int(rating) if rating else -1)
+        wheres.append(where)
     if not questions:
         raise ValueError(f"{path}: no puzzles")
+    broken = np.flatnonzero(~valid_solutions(np.stack(answers), box_rows=3, box_cols=3))
+    if broken.size:
+        raise ValueError(f"{wheres[broken[0]]}: answer breaks the Sudoku rules (a digit repeats in a row, column or "
+                         f"box); {broken.size} such row(s) in the file")
     return SudokuRows(sources, np.stack(questions), np.stack(answers), np.asarray(ratings, dtype=np.int64))
+
+
+def valid_solutions(boards: np.ndarray, *, box_rows: int, box_cols: int) -> np.ndarray:
+    """mask[i] = boards[i] (flat, n*n) holds every digit 1..n once in each row, column and box."""
+    n = box_rows * box_cols
+    grids = boards.reshape(-1, n, n)
+    boxes = grids.reshape(-1, n // box_rows, box_rows, n // box_cols, box_cols).transpose(0, 1, 3, 2, 4)
+    digits = np.arange(1, n + 1)
+    return np.all([np.all(np.sort(units.reshape(-1, n, n), axis=2) == digits, axis=(1, 2))
+                   for units in (grids, grids.transpose(0, 2, 1), boxes)], axis=0)
 
 
 def select_rows(rows: SudokuRows, keep: np.ndarray) -> SudokuRows:
@@ -243,7 +250,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(name: str, repo: str, min_difficulty: int | None) -> SudokuRows:
-    path = resolve_csv(name, repo)
+    path = resolve_hub_csv(name, repo)
     rows = read_sudoku_csv(path)
     return rows if min_difficulty is None else filter_difficulty(rows, min_difficulty, path)
 
@@ -490,6 +497,8 @@ def add_gen_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_gen_from_args(args: argparse.Namespace) -> Path:
+    if args.train_size < 1 or args.test_size < 0:
+        raise ValueError(f"--train-size {args.train_size} must be >= 1 and --test-size {args.test_size} >= 0")
     box_rows, box_cols = BOXES[args.size]
     common = dict(box_rows=box_rows, box_cols=box_cols, givens=args.givens, min_effort=args.min_effort,
                   seed=args.seed, workers=args.workers)

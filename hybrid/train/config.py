@@ -27,6 +27,11 @@ class RunConfig:
     progress_bar: bool = True
     stop_at_step: int | None = None  # leave the run at this step with a checkpoint (time-limited jobs); resume later
 
+    def __post_init__(self):
+        _at_least(self, log_every=0, stop_at_step=1)
+        if not self.resume:
+            raise ValueError("resume must be 'no', 'auto' or a checkpoint folder, got an empty string")
+
 
 @dataclass
 class OptimConfig:
@@ -46,12 +51,13 @@ class OptimConfig:
     ema_rate: float = 0.999
 
     def __post_init__(self):
-        if self.global_batch_size < 1:
-            raise ValueError(f"global_batch_size must be >= 1, got {self.global_batch_size}")
-        if self.total_steps is not None and self.total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
-        if not 0.0 <= self.lr_min_ratio <= 1.0:
-            raise ValueError(f"lr_min_ratio must be in [0, 1], got {self.lr_min_ratio}")
+        _at_least(self, global_batch_size=1, total_steps=1, epochs=1, epochs_per_iter=1, lr_warmup_steps=0,
+                  weight_decay=0.0, puzzle_emb_lr=0.0, puzzle_emb_weight_decay=0.0)
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("lr_min_ratio", "beta1", "beta2", "ema_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 @dataclass
@@ -62,11 +68,25 @@ class EvalConfig:
     evaluators: list[str] = field(default_factory=list)  # extra evaluators: "arc"
     arc_scoring: Literal["trm_fraction", "hrm_all_or_nothing"] = "trm_fraction"
 
+    def __post_init__(self):
+        _at_least(self, interval=0, halt_max_steps=1, max_examples=1)
+
 
 @dataclass
 class CheckpointConfig:
     every: int = 0  # optimiser steps between checkpoints (0 = at every evaluation)
-    keep_last: int = 3
+    keep_last: int = 3  # complete checkpoints kept; older ones are deleted after each save
+
+    def __post_init__(self):
+        _at_least(self, every=0, keep_last=1)
+
+
+def _at_least(section, **minimum) -> None:
+    """Raise ValueError naming the first field below its minimum (None, where allowed, means "not set")."""
+    for name, low in minimum.items():
+        value = getattr(section, name)
+        if value is not None and value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
 
 
 @dataclass

@@ -35,11 +35,11 @@ from hybrid.core.act import ACT, ACTCarry
 from hybrid.core.losses import ACTLoss
 from hybrid.eval.loop import evaluate, normalise, reduce_sums
 from hybrid.optim import EMA, AdamATan2, SparseSignSGD, lr_at
-from hybrid.checkpoint import (
-    latest_checkpoint, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state,
-)
+from hybrid.checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_aside, set_rng_state
 from hybrid.train.config import CheckpointConfig, EvalConfig, OptimConfig, RunConfig
-from hybrid.train.tracking import MetricsLogger, RunDir, RunDirError, plot_curves, read_metrics, summary_table
+from hybrid.train.tracking import (  # noqa: F401  (the run-folder set-up is part of the loop's interface)
+    MetricsLogger, check_run, plot_curves, prepare_run, read_metrics, resolve_resume, summary_table,
+)
 from hybrid.utils import UserError, get_logger
 
 log = get_logger("hybrid.train")
@@ -148,6 +148,7 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.saved_step: int | None = None
         self.last_eval: dict[str, float] = {}
+        self.metrics_kept: int | None = None  # metric records logged up to the checkpoint resumed from, when known
 
     # ---- distributed helpers -------------------------------------------------------------------------------------
 
@@ -268,6 +269,7 @@ class Trainer:
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "sampler": self.parts.train_stream.state_dict(),
                 "ranks": rank_states,
+                "metrics_records": self.metrics.count(),
             }
             # model.safetensors holds the weights to evaluate (EMA when enabled, as the official checkpoints do);
             # the raw training weights go into the training state for an exact resume.
@@ -309,7 +311,21 @@ class Trainer:
         self.carry = _carry_from_state(mine["carry"], self.device)
         self.step = int(train_state["step"])
         self.last_checkpoint, self.saved_step = path, self.step
+        # The record count is only meaningful for this run folder's own metrics file.
+        same_run = Path(path).resolve().parent.parent == Path(self.run_dir).resolve()
+        self.metrics_kept = train_state.get("metrics_records") if same_run else None
         log.info(f"resumed from {path} at step {self.step}")
+
+    def _start_from_here(self):
+        """Make the run folder hold exactly the history up to `self.step` before training goes on from it: later
+        checkpoints (another branch, or damaged ones) moved aside, metric records logged after the checkpoint
+        dropped (kept next to the moved checkpoints when there are any), temporary folders of killed writes deleted."""
+        aside = set_aside(self.run_dir, self.step)
+        dropped = self.metrics.truncate(keep=self.metrics_kept, after_step=self.step)
+        if dropped:
+            log.info(f"dropped {len(dropped)} metric record(s) logged after step {self.step}; they are logged again")
+            if aside is not None:
+                (aside / "metrics.jsonl").write_text("".join(dropped))
 
     # ---- the run ---------------------------------------------------------------------------------------------------
 
@@ -318,8 +334,10 @@ class Trainer:
 
     def fit(self) -> dict[str, float]:
         total = self.parts.total_steps
-        if self.accelerator.is_main_process and self.parts.config is not None:
-            save_config(self.parts.config, self.run_dir / "config.yaml")
+        if self.accelerator.is_main_process:
+            self._start_from_here()
+            if self.parts.config is not None:
+                save_config(self.parts.config, self.run_dir / "config.yaml")
         progress = _progress(total, self.step, enabled=self.run.progress_bar and self.accelerator.is_main_process)
         batches = self._batches()
         window_start, window_steps = time.perf_counter(), 0
@@ -348,8 +366,9 @@ class Trainer:
             self.save()
             log.info(f"stopped at step {self.step} of {total} (run.stop_at_step); resume with run.resume=auto")
             return {}
-        self._evaluate_and_log()
+        # The checkpoint first: a failure in the final evaluation must not throw the training away.
         self.save()
+        self._evaluate_and_log()
         if self.accelerator.is_main_process:
             plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png")
             print(summary_table(read_metrics(self.metrics.path)))
@@ -375,60 +394,4 @@ def _progress(total: int, initial: int, *, enabled: bool):
     return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, desc="train")
 
 
-def prepare_run(run: RunConfig):
-    """The run folder (never overwriting a previous run unless asked) and an Accelerator.
-
-    The Accelerator is created with `cpu=True` on machines without CUDA: without it, each rank of a multi-process
-    CPU launch silently trains alone."""
-    from accelerate import Accelerator
-    from accelerate import PartialState
-
-    if run.resume not in ("no", "auto") and run.overwrite:
-        raise UserError("run.overwrite=true and run.resume=<checkpoint> exclude each other")
-    state = PartialState(cpu=not torch.cuda.is_available())
-    run_dir = Path(run.output_dir)
-    error = None
-    if state.is_main_process:
-        try:
-            RunDir.create(run_dir, overwrite=run.overwrite, resume=run.resume != "no")
-        except RunDirError as err:
-            error = str(err)
-    errors = [error]
-    if state.num_processes > 1:
-        errors = [None] * state.num_processes
-        torch.distributed.all_gather_object(errors, error)
-    if any(errors):
-        raise UserError(next(e for e in errors if e))
-
-    trackers = []
-    for name in run.trackers:
-        if name == "tensorboard":
-            _require("tensorboard", "tensorboard", "pip install tensorboard, or set run.trackers=[]")
-        elif name == "wandb":
-            _require("wandb", "wandb", "pip install wandb, or remove wandb from run.trackers")
-        else:
-            raise UserError(f"run.trackers: unknown tracker {name!r}; use tensorboard and/or wandb")
-        trackers.append(name)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers or None, project_dir=str(run_dir))
-    return accelerator, run_dir
-
-
-def _require(module: str, package: str, hint: str):
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        raise UserError(f"tracker {package!r} was asked for but is not installed: {hint}")
-
-
-def resolve_resume(run: RunConfig, run_dir: Path) -> Path | None:
-    if run.resume == "no":
-        return None
-    if run.resume == "auto":
-        return latest_checkpoint(run_dir)
-    path = Path(run.resume)
-    if not (path / "COMPLETE").exists():
-        raise UserError(f"run.resume={run.resume}: not a complete checkpoint folder (no COMPLETE marker)")
-    return path
-
-
-__all__ = ["LoopParts", "Trainer", "TrainingDivergedError", "prepare_run", "resolve_resume"]
+__all__ = ["LoopParts", "Trainer", "TrainingDivergedError", "check_run", "prepare_run", "resolve_resume"]

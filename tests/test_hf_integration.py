@@ -159,3 +159,15 @@ def test_push_to_hub_uploads_what_save_pretrained_writes(tiny_backbones, monkeyp
     model = _sequence_model(tiny_backbones["bert"])
     model.push_to_hub("org/head", token="not-used")
     assert {"config.json", "model.safetensors"} <= set(uploaded)
+
+
+def test_a_hybrid_trm_with_hrms_rule_trains_q_continue(tiny_backbones):
+    """Regression: hybrid core=trm with halt_rule=q_halt_vs_continue halted on a Q-continue logit never trained."""
+    _, tokenizer = load_backbone(str(tiny_backbones["bert"]))
+    batch = _chain_batch(tokenizer)
+    model = _sequence_model(tiny_backbones["bert"], core="trm", halt_rule="q_halt_vs_continue")
+    act_loss = model.act_loss().train()
+    assert act_loss.act.halt_rule == "q_halt_vs_continue" and act_loss.act.compute_target_q
+    _, loss, metrics, _, _ = act_loss(act_loss.initial_carry(batch), batch)
+    loss.backward()
+    assert "q_continue_loss" in metrics and model.reasoner.heads.q_head.weight.grad[1].abs().sum() > 0

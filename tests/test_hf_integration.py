@@ -168,6 +168,8 @@ def test_a_hybrid_trm_with_hrms_rule_trains_q_continue(tiny_backbones):
     model = _sequence_model(tiny_backbones["bert"], core="trm", halt_rule="q_halt_vs_continue")
     act_loss = model.act_loss().train()
     assert act_loss.act.halt_rule == "q_halt_vs_continue" and act_loss.act.compute_target_q
+    with torch.no_grad():  # at initialisation the bootstrapped target equals q_continue exactly (zero gradient)
+        model.reasoner.heads.q_head.weight.normal_(std=0.1)
     _, loss, metrics, _, _ = act_loss(act_loss.initial_carry(batch), batch)
     loss.backward()
     assert "q_continue_loss" in metrics and model.reasoner.heads.q_head.weight.grad[1].abs().sum() > 0

@@ -19,9 +19,8 @@ import torch
 
 from hybrid.config import load_config, split_cli
 from hybrid.data.feature_cache import FeatureCache
-from hybrid.data.text_tasks import (
-    TextCollator, load_user_dataset, make_chain_reasoning, make_text_sudoku, tokenize_dataset,
-)
+from hybrid.data.tasks import make_task
+from hybrid.data.text_tasks import TextCollator, tokenize_dataset
 from hybrid.eval.loop import evaluate
 from hybrid.models.backbones import BackboneNotFoundError, backbone_max_length, load_backbone
 from hybrid.models.configuration_hybrid import HybridRecursiveConfig
@@ -33,42 +32,6 @@ from hybrid.utils import UserError, get_logger, run_main, seed_everything
 
 log = get_logger("hybrid.train_hybrid")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hybrid" / "default.yaml"
-
-
-def unseen(test, train):
-    """The test examples whose text is not a training text: held out means never seen in training (small generated
-    tasks repeat texts, e.g. one-fact chain questions)."""
-    seen = set(train["text"])
-    return test.filter(lambda example: example["text"] not in seen)
-
-
-def make_task(cfg: HybridTrainConfig):
-    """(train dataset, {test set name: dataset}, level, num_labels, one token per word?) before tokenisation."""
-    t = cfg.task
-    if t.name == "text_sudoku":
-        train = make_text_sudoku(t.num_train, n=t.size, num_blanks=t.num_blanks, seed=t.seed)
-        test = make_text_sudoku(t.num_test, n=t.size, num_blanks=t.num_blanks, seed=t.seed + 1)
-        return train, {"test": unseen(test, train)}, "token", t.size, True
-    if t.name == "chain":
-        common = dict(extra_links=t.extra_links, distractor_length=t.distractor_length)
-        train = make_chain_reasoning(t.num_train, hops=t.hops, seed=t.seed, **common)
-        tests = {
-            f"hops{h}": unseen(make_chain_reasoning(t.num_test, hops=h, seed=t.seed + 1000 + h, **common), train)
-            for h in dict.fromkeys([*t.hops, *t.test_hops])
-        }
-        return train, tests, "sequence", 2, False
-    if t.train_file is None or t.test_file is None:
-        raise UserError("task.name=user needs task.train_file and task.test_file")
-    try:
-        train = load_user_dataset(t.train_file, t.text_column, t.label_column, t.level)
-        test = load_user_dataset(t.test_file, t.text_column, t.label_column, t.level)
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    num_labels = t.num_labels
-    if num_labels is None:
-        column = train["label"] if t.level == "sequence" else [v for row in train["labels"] for v in row]
-        num_labels = max(v for v in column if v >= 0) + 1
-    return train, {"test": test}, t.level, num_labels, False
 
 
 def prepare_examples(cfg, datasets: dict, tokenizer, backbone, level, single_token_words, *, keep_tokenized=None):
@@ -105,7 +68,10 @@ def main(argv: list[str]) -> None:
         backbone, tokenizer = load_backbone(cfg.model.backbone)
     except BackboneNotFoundError as err:
         raise UserError(str(err)) from None
-    train_raw, tests_raw, level, num_labels, one_token = make_task(cfg)
+    task = make_task(cfg.task)
+    train_raw, tests_raw, level, num_labels, one_token = (
+        task.train, task.tests, task.level, task.num_labels, task.single_token_words
+    )
     m = cfg.model
     model_config = HybridRecursiveConfig(
         backbone_name_or_path=m.backbone, backbone_layers=m.backbone_layers, head=m.head, core=m.core,

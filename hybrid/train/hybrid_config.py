@@ -5,32 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from hybrid.data.tasks import HybridTaskConfig
 from hybrid.models.configuration_hybrid import DEFAULT_BACKBONE
 from hybrid.train.config import CheckpointConfig, EvalConfig, OptimConfig, RunConfig
-
-
-@dataclass
-class HybridTaskConfig:
-    name: Literal["text_sudoku", "chain", "user"] = "text_sudoku"
-    num_train: int = 2000
-    num_test: int = 500
-    seed: int = 0
-    # text_sudoku: an n x n board (boxes 2x2 for n=4, 2x3 for n=6) with `num_blanks` empty cells
-    size: int = 4
-    num_blanks: int = 6
-    # chain: training questions need one of `hops` links; a held-out set per hop count in hops + test_hops (longer
-    # chains: depth extrapolation); each text has up to `extra_links` more links and `distractor_length` distractors
-    hops: list[int] = field(default_factory=lambda: [1, 2])
-    test_hops: list[int] = field(default_factory=list)
-    extra_links: int = 1
-    distractor_length: int = 2
-    # user: your own CSV / JSON / Parquet files
-    train_file: str | None = None
-    test_file: str | None = None
-    text_column: str = "text"
-    label_column: str = "label"
-    level: Literal["token", "sequence"] = "sequence"
-    num_labels: int | None = None  # user data: the number of classes (default: inferred from the training labels)
 
 
 @dataclass

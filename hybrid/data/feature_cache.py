@@ -164,28 +164,23 @@ class FeatureCache:
 
     @torch.no_grad()
     def _compute(self, examples: list[list[int]]) -> list[np.ndarray]:
-        """Backbone features of `examples`, in their order, as flat arrays of the stored type."""
+        """Backbone features of one batch of `examples`, in their order, as flat arrays of the stored type."""
         device = next(self.model.parameters()).device
-        numpy_type, torch_type = _STORED[self.dtype]
-        out = []
-        for start in range(0, len(examples), self.batch_size):
-            chunk = examples[start : start + self.batch_size]
-            length = max(len(ids) for ids in chunk)
-            input_ids = torch.full((len(chunk), length), self.tokenizer.pad_token_id, dtype=torch.long)
-            attention_mask = torch.zeros(len(chunk), length, dtype=torch.long)
-            for row, ids in enumerate(chunk):
-                input_ids[row, : len(ids)] = torch.as_tensor(ids)
-                attention_mask[row, : len(ids)] = 1
-            hidden = backbone_hidden_states(self.model, input_ids.to(device), attention_mask.to(device), self.layers)
-            stored = hidden.to(DTYPES[self.dtype])
-            if not torch.isfinite(stored).all() and torch.isfinite(hidden).all():
-                raise ValueError(
-                    f"backbone features reach {hidden.abs().max().item():.4g}, beyond the range of {self.dtype}; "
-                    "store them as bfloat16 or float32"
-                )
-            stored = stored.cpu().view(torch_type)
-            out.extend(stored[row, : len(ids)].reshape(-1).numpy() for row, ids in enumerate(chunk))
-        return out
+        length = max(len(ids) for ids in examples)
+        input_ids = torch.full((len(examples), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros(len(examples), length, dtype=torch.long)
+        for row, ids in enumerate(examples):
+            input_ids[row, : len(ids)] = torch.as_tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+        hidden = backbone_hidden_states(self.model, input_ids.to(device), attention_mask.to(device), self.layers)
+        stored = hidden.to(DTYPES[self.dtype])
+        if not torch.isfinite(stored).all() and torch.isfinite(hidden).all():
+            raise ValueError(
+                f"backbone features reach {hidden.abs().max().item():.4g}, beyond the range of {self.dtype}; "
+                "store them as bfloat16 or float32"
+            )
+        stored = stored.cpu().view(_STORED[self.dtype][1])
+        return [stored[row, : len(ids)].reshape(-1).numpy() for row, ids in enumerate(examples)]
 
     def _write_part(self, items: list[tuple[str, list[int]]]) -> None:
         """Compute `items` (key, input ids), longest first so that each backbone batch holds similar lengths and the

@@ -34,13 +34,6 @@ from hybrid.models.modeling_hybrid import hybrid_model_for
 LAYERS = [0, -1]
 
 
-def anon_rss_mb() -> float:
-    """Anonymous resident memory (what a process holds; memory-mapped file pages are not counted)."""
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith("RssAnon:"))
-    return int(line.split()[1]) / 1024
-
-
 def new_model(backbone, num_labels: int):
     torch.manual_seed(0)
     config = HybridRecursiveConfig(
@@ -92,18 +85,15 @@ def main() -> None:
 
     start = time.perf_counter()
     half_cache = FeatureCache(backbone, tokenizer, layers=LAYERS, batch_size=args.batch_size)
-    rss = anon_rss_mb()
     half = half_cache.attach(train)
-    print(f"float16 cache build: {time.perf_counter() - start:.1f} s; held memory +{anon_rss_mb() - rss:.0f} MB")
+    print(f"float16 cache build: {time.perf_counter() - start:.1f} s")
     full_cache = FeatureCache(backbone, tokenizer, layers=LAYERS, batch_size=args.batch_size, dtype="float32",
                               progress=False)
     full = full_cache.attach(train)
-    rss = anon_rss_mb()
     full.values = [v.clone() for v in full.values]  # the previous cache: float32 tensors held in memory
-    held32 = anon_rss_mb() - rss
     per32, per16 = full_cache.nbytes() / len(train), half_cache.nbytes() / len(train)
-    print(f"memory per example: float32 {per32 / 1e6:.3f} MB (held in memory: +{held32:.0f} MB for the set), "
-          f"float16 {per16 / 1e6:.3f} MB on disk, memory-mapped ({per32 / per16:.2f}x less)")
+    print(f"memory per example: float32 {per32 / 1e6:.3f} MB held in memory, float16 {per16 / 1e6:.3f} MB on disk, "
+          f"memory-mapped ({per32 / per16:.2f}x less)")
 
     model = new_model(backbone, task.num_labels).eval()
     fixed = TextCollator(tokenizer.pad_token_id, pad_to=pad_to)

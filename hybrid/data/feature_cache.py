@@ -73,7 +73,9 @@ def backbone_fingerprint(
 
 # Arrow has no bfloat16: its 16 bits are stored as int16 and viewed back as bfloat16 when read.
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-_STORED = {"float16": (np.float16, torch.float16), "bfloat16": (np.int16, torch.int16), "float32": (np.float32, torch.float32)}
+_STORED = {
+    "float16": (np.float16, torch.float16), "bfloat16": (np.int16, torch.int16), "float32": (np.float32, torch.float32),
+}
 
 
 class FeatureCache:
@@ -201,11 +203,12 @@ class FeatureCache:
                         flats += self._compute([ids for _, ids in group[first : first + self.batch_size]])
                         bar.update(min(self.batch_size, len(group) - first))
                     offsets = np.cumsum([0] + [len(f) for f in flats], dtype=np.int64)
+                    values = pa.array(np.concatenate(flats).astype(numpy_type, copy=False))
                     batch = pa.record_batch(
                         [
                             pa.array([key for key, _ in group], type=pa.string()),
                             pa.array([len(ids) for _, ids in group], type=pa.int32()),
-                            pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate(flats).astype(numpy_type, copy=False))),
+                            pa.LargeListArray.from_arrays(pa.array(offsets), values),
                         ],
                         names=["key", "length", "features"],
                     )

@@ -1,11 +1,12 @@
 """Train a recursive head (or a baseline head) on a Hugging Face backbone: hybrid mode, the framework's main job.
 
     accelerate launch recipes/train_hybrid.py        # the default: all-MiniLM-L6-v2 + TRM head on 4x4 text Sudoku
-    accelerate launch recipes/train_hybrid.py --config configs/hybrid/chain_trm.yaml [key=value ...]
+    accelerate launch recipes/train_hybrid.py --config configs/hybrid/clutrr.yaml [key=value ...]
     python recipes/train_hybrid.py --config ...      # one process, same thing
 
-The run folder gets metrics.jsonl, curves.png, checkpoints/ (resumable with run.resume=auto), results.json and
-model/ (a `save_pretrained` folder: `AutoModelForTokenClassification.from_pretrained(...)` after `import hybrid.models`).
+The run folder gets metrics.jsonl, curves.png, checkpoints/ (resumable with run.resume=auto), results.json (accuracy
+on every held-out set), and model/ (a `save_pretrained` folder with its tokenizer:
+`AutoModelForSequenceClassification.from_pretrained(...)` after `import hybrid.models`; class names in id2label).
 """
 
 from __future__ import annotations
@@ -20,132 +21,104 @@ from accelerate.utils import set_seed
 
 from hybrid.config import load_config, split_cli
 from hybrid.data.feature_cache import FeatureCache
-from hybrid.data.text_tasks import (
-    TextCollator, load_user_dataset, make_chain_reasoning, make_text_sudoku, tokenize_dataset,
-)
+from hybrid.data.streams import ShuffledBatches, padded_batches
+from hybrid.data.tasks import make_task
+from hybrid.data.text_tasks import TextCollator, tokenize_dataset
 from hybrid.eval.loop import evaluate
 from hybrid.models.backbones import BackboneNotFoundError, backbone_max_length, load_backbone
 from hybrid.models.modeling_hybrid import hybrid_model_for
 from hybrid.train.config import HybridTrainConfig
 from hybrid.train.loop import LoopParts, Trainer, check_schedule
 from hybrid.train.tracking import check_run, prepare_run, release_run_dir, resolve_resume
-from hybrid.data.streams import ShuffledBatches, padded_batches
 from hybrid.utils import UserError, get_logger, run_main
 
 log = get_logger("hybrid.train_hybrid")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hybrid" / "default.yaml"
 
 
-def unseen(test, train):
-    """The test examples whose text is not a training text: held out means never seen in training (small generated
-    tasks repeat texts, e.g. one-fact chain questions)."""
-    seen = set(train["text"])
-    return test.filter(lambda example: example["text"] not in seen)
-
-
-def make_task(cfg: HybridTrainConfig):
-    """(train dataset, {test set name: dataset}, level, num_labels, one token per word?) before tokenisation."""
-    t = cfg.task
-    if t.name == "text_sudoku":
-        train = make_text_sudoku(t.num_train, n=t.size, num_blanks=t.num_blanks, seed=t.seed)
-        test = make_text_sudoku(t.num_test, n=t.size, num_blanks=t.num_blanks, seed=t.seed + 1)
-        return train, {"test": unseen(test, train)}, "token", t.size, True
-    if t.name == "chain":
-        common = dict(extra_links=t.extra_links, distractor_length=t.distractor_length)
-        train = make_chain_reasoning(t.num_train, hops=t.hops, seed=t.seed, **common)
-        tests = {
-            f"hops{h}": unseen(make_chain_reasoning(t.num_test, hops=h, seed=t.seed + 1000 + h, **common), train)
-            for h in dict.fromkeys([*t.hops, *t.test_hops])
-        }
-        return train, tests, "sequence", 2, False
-    if t.train_file is None or t.test_file is None:
-        raise UserError("task.name=user needs task.train_file and task.test_file")
-    try:
-        train = load_user_dataset(t.train_file, t.text_column, t.label_column, t.level)
-        test = load_user_dataset(t.test_file, t.text_column, t.label_column, t.level)
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    num_labels = t.num_labels
-    if num_labels is None:
-        column = train["label"] if t.level == "sequence" else [v for row in train["labels"] for v in row]
-        num_labels = max(v for v in column if v >= 0) + 1
-    return train, {"test": test}, t.level, num_labels, False
-
-
-def prepare_examples(
-    cfg, model_config, datasets: dict, tokenizer, backbone, level, single_token_words, *, keep_tokenized=None
-):
-    """Tokenise (with every check done before training) and attach cached backbone features when asked.
-    `keep_tokenized` (a dict) receives the tokenized sets without features."""
+def tokenize_sets(cfg, datasets: dict, tokenizer, backbone, level, single_token_words) -> dict:
+    """Every set tokenised, with every length and label check done before any training."""
     limit = backbone_max_length(backbone.config, tokenizer)
     out = {}
-    cache = None
-    if cfg.feature_cache != "none":
-        cache_dir = cfg.cache_dir if cfg.feature_cache == "disk" else None
-        cache = FeatureCache(backbone, tokenizer, layers=model_config.backbone_layers,
-                             backbone_name=model_config.backbone_name_or_path, cache_dir=cache_dir)
     for name, dataset in datasets.items():
         try:
-            tokenized = tokenize_dataset(dataset, tokenizer, level=level, max_length=limit,
+            out[name] = tokenize_dataset(dataset, tokenizer, level=level, max_length=limit,
                                          single_token_words=single_token_words)
         except ValueError as err:
             raise UserError(f"task {cfg.task.name}, {name} set: {err}") from None
-        out[name] = cache.attach(tokenized) if cache is not None else tokenized
-        if keep_tokenized is not None:
-            keep_tokenized[name] = tokenized
-    if cache is not None:
-        log.info(f"feature cache: {cache.misses} computed, {cache.hits} reused")
+    return out
+
+
+def with_features(cfg, model_config, tokenized: dict, tokenizer, backbone, accelerator) -> dict:
+    """The sets with cached backbone features attached (frozen backbones), each rank computing its share."""
+    if cfg.feature_cache == "none":
+        return dict(tokenized)
+    cache = FeatureCache(
+        backbone, tokenizer, layers=model_config.backbone_layers, backbone_name=model_config.backbone_name_or_path,
+        cache_dir=cfg.cache_dir if cfg.feature_cache == "disk" else None, dtype=cfg.feature_cache_dtype,
+        rank=accelerator.process_index, world_size=accelerator.num_processes, barrier=accelerator.wait_for_everyone,
+        progress=accelerator.is_main_process,
+    )
+    out = {name: cache.attach(dataset) for name, dataset in tokenized.items()}
+    log.info(f"feature cache: {cache.misses} computed, {cache.hits} reused ({cache.nbytes() / 2**20:.1f} MiB)")
     return out
 
 
 def main(argv: list[str]) -> None:
     path, overrides = split_cli(argv)
     cfg = load_config(HybridTrainConfig, path or DEFAULT_CONFIG, overrides)
-    # The run folder (exists? another writer?) is checked before the backbone and its features cost any time.
+    # The run folder (exists? another writer?) is checked before the data, the backbone and its features cost time.
     check_run(cfg.run)
     started = time.perf_counter()
 
-    train_raw, tests_raw, level, num_labels, one_token = make_task(cfg)
-    m = cfg.model_config(task=level, num_labels=num_labels)
+    task = make_task(cfg.task)
+    id2label = None if task.id2label is None else dict(enumerate(task.id2label))
+    m = cfg.model_config(task=task.level, num_labels=task.num_labels, id2label=id2label)
     # Everything knowable from the config and the raw data is checked before the backbone runs.
     batch = cfg.training.global_batch_size
-    steps = cfg.training.total_steps or cfg.training.epochs * len(train_raw) // batch
+    steps = cfg.training.total_steps or cfg.training.epochs * len(task.train) // batch
     if steps < 1:
-        raise UserError(f"training.epochs={cfg.training.epochs} gives no optimiser step for {len(train_raw)} examples")
+        raise UserError(f"training.epochs={cfg.training.epochs} gives no optimiser step for {len(task.train)} examples")
     check_schedule(cfg.training, steps)
-    if batch > len(train_raw):
-        raise UserError(f"training.global_batch_size={batch} is larger than the {len(train_raw)} training examples")
+    if batch > len(task.train):
+        raise UserError(f"training.global_batch_size={batch} is larger than the {len(task.train)} training examples")
     set_seed(cfg.run.seed)
     try:
         backbone, tokenizer = load_backbone(m.backbone_name_or_path)
     except BackboneNotFoundError as err:
         raise UserError(str(err)) from None
     model = hybrid_model_for(m, backbone=backbone)
-    tokenized: dict = {}
-    examples = prepare_examples(cfg, m, {"train": train_raw, **tests_raw}, tokenizer, backbone, level, one_token,
-                                keep_tokenized=tokenized)
-    train = examples.pop("train")
-    pad_to = max(len(examples_set[i]["input_ids"]) for examples_set in (train, *examples.values())
-                 for i in range(len(examples_set)))
-    collate = TextCollator(pad_token_id=tokenizer.pad_token_id, pad_to=pad_to)
+    tokenized = tokenize_sets(cfg, {"train": task.train, **task.tests}, tokenizer, backbone, task.level,
+                              task.single_token_words)
 
     accelerator, run_dir = prepare_run(cfg.run)
     rank, world = accelerator.process_index, accelerator.num_processes
+    examples = with_features(cfg, m, tokenized, tokenizer, backbone, accelerator)
+    train = examples.pop("train")
+    # Training slots keep their rows across steps, so training batches share one length; held-out batches each
+    # start a fresh carry and are padded only to their own longest text (longest first).
+    train_collate = TextCollator(tokenizer.pad_token_id, pad_to=max(len(ids) for ids in tokenized["train"]["input_ids"]))
+    eval_collate = TextCollator(tokenizer.pad_token_id)
+
+    def held_out(name: str):
+        lengths = [len(ids) for ids in tokenized[name]["input_ids"]]
+        return padded_batches(examples[name], eval_collate, global_batch_size=batch, rank=rank, world_size=world,
+                              lengths=lengths)
 
     act = model.act_loss(generator=torch.Generator().manual_seed(cfg.run.seed + rank)).act
     set_seed(cfg.run.seed, device_specific=True)
-    head_params = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad)
+    head_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info(f"{m.head} head ({m.core}, T={m.H_cycles}, n={m.L_cycles}): {head_params:,} trainable parameters; "
              f"{len(train)} train examples, {steps} steps of {batch} on {world} process(es)")
 
-    main_test = next(iter(examples.values()))
+    main_test = next(iter(examples))
     parts = LoopParts(
         reasoner=model,
         act=act,
         loss_type=m.loss_type,
-        train_stream=ShuffledBatches(train, collate, global_batch_size=batch, seed=cfg.run.seed, rank=rank,
+        train_stream=ShuffledBatches(train, train_collate, global_batch_size=batch, seed=cfg.run.seed, rank=rank,
                                      world_size=world),
-        eval_batches=lambda: padded_batches(main_test, collate, global_batch_size=batch, rank=rank, world_size=world),
+        eval_batches=lambda: held_out(main_test),
         total_steps=steps,
         global_batch_size=batch,
         config=cfg,
@@ -162,16 +135,13 @@ def main(argv: list[str]) -> None:
         release_run_dir(run_dir)
         return
 
-    results = {next(iter(examples)): final}
+    results = {main_test: final}
     swap = trainer.ema.apply_to(model) if trainer.ema is not None else contextlib.nullcontext()
     with swap:
-        for name, dataset in list(examples.items())[1:]:
-            results[name] = evaluate(
-                trainer.act_loss, padded_batches(dataset, collate, global_batch_size=batch, rank=rank,
-                                                  world_size=world),
-                halt_max_steps=cfg.eval.halt_max_steps or m.halt_max_steps, device=accelerator.device,
-                world_size=world,
-            )
+        for name in list(examples)[1:]:
+            log.info(f"evaluating held-out set {name} ({len(examples[name])} examples)")
+            results[name] = evaluate(trainer.act_loss, held_out(name), device=accelerator.device, world_size=world,
+                                     halt_max_steps=cfg.eval.halt_max_steps or m.halt_max_steps)
         if accelerator.is_main_process:
             model.save_pretrained(run_dir / "model", save_backbone=cfg.save_backbone)
             tokenizer.save_pretrained(run_dir / "model")

@@ -8,6 +8,7 @@ from test_backbones import ARCHITECTURES, tiny_backbones  # noqa: F401  (session
 
 from hybrid.data.text_tasks import (
     IGNORE_LABEL_ID,
+    LabelMap,
     TextCollator,
     load_user_dataset,
     make_chain_reasoning,
@@ -105,7 +106,9 @@ def test_user_files(tmp_path):
     tokens = load_user_dataset(tmp_path / "d.jsonl", "sentence", "tags", "token")
     assert tokens[1] == {"text": "d e", "labels": [1, 1]}
     sequences = load_user_dataset(tmp_path / "d.jsonl", "sentence", "cls", "sequence")
-    assert list(sequences["label"]) == [1, 0]  # class names sorted: neg = 0, pos = 1
+    assert list(sequences["label"]) == ["pos", "neg"]  # names stay names until one LabelMap (from training) encodes them
+    labels = LabelMap.fit(sequences, "sequence")
+    assert labels.id2label == ("neg", "pos") and list(labels.encode(sequences, "sequence", source="d")["label"]) == [1, 0]
     (tmp_path / "d.csv").write_text("sentence,tags\na b,0 1\n")
     assert load_user_dataset(tmp_path / "d.csv", "sentence", "tags", "token")[0]["labels"] == [0, 1]
     with pytest.raises(ValueError, match=r"d.csv: no column 'text'; the file has \['sentence', 'tags'\]"):
@@ -122,7 +125,7 @@ def test_user_files_with_the_default_column_names(tmp_path):
     assert load_user_dataset(tmp_path / "tok.jsonl", "text", "labels", "token")[0] == {"text": "a b", "labels": [0, 1]}
     (tmp_path / "swapped.csv").write_text('label,text\n"a b",1\n')
     assert load_user_dataset(tmp_path / "swapped.csv", "label", "text", "sequence")[0] == {"text": "a b", "label": 1}
-    with pytest.raises(ValueError, match="text and label columns must differ"):
+    with pytest.raises(ValueError, match="text, label and group columns must differ"):
         load_user_dataset(tmp_path / "seq.csv", "text", "text", "sequence")
 
 

@@ -58,7 +58,7 @@ def test_trains_exports_and_reloads_with_the_same_results(tmp_path, bert):
     from hybrid.data.streams import padded_batches
 
     out = tmp_path / "run"
-    train_hybrid.main(overrides(bert, out))
+    train_hybrid.main(overrides(bert, out) + ["feature_cache_dtype=float32"])
     results = json.loads((out / "results.json").read_text())
     assert results["head"] == "recursive" and results["trainable_parameters"] > 0
     from datasets import load_from_disk
@@ -68,8 +68,9 @@ def test_trains_exports_and_reloads_with_the_same_results(tmp_path, bert):
     model = AutoModelForTokenClassification.from_pretrained(out / "model")
     tokenizer = AutoTokenizer.from_pretrained(out / "model")
     cfg = train_hybrid.load_config(train_hybrid.HybridTrainConfig, out / "config.yaml")
-    _, tests, level, _, one_token = train_hybrid.make_task(cfg)
-    examples = train_hybrid.prepare_examples(cfg, model.config, tests, tokenizer, model.backbone, level, one_token)["test"]
+    task = train_hybrid.make_task(cfg.task)
+    examples = train_hybrid.tokenize_sets(cfg, task.tests, tokenizer, model.backbone, task.level,
+                                          task.single_token_words)["test"]
     pad_to = max(len(examples[i]["input_ids"]) for i in range(len(examples)))
     batches = padded_batches(examples, TextCollator(tokenizer.pad_token_id, pad_to=pad_to), global_batch_size=16)
     again = evaluate(model.act_loss(), batches, halt_max_steps=2)
@@ -106,7 +107,8 @@ def test_chain_held_out_sets_hold_no_training_text():
         "task.hops=[1]", "task.test_hops=[2]", "task.extra_links=0", "task.distractor_length=0",
         "task.num_train=2000", "task.num_test=500",
     ])
-    train, tests, *_ = train_hybrid.make_task(cfg)
+    task = train_hybrid.make_task(cfg.task)
+    train, tests = task.train, task.tests
     seen = set(train["text"])
     assert 0 < len(tests["hops1"]) < 500 and len(tests["hops2"]) > 0
     assert not any(text in seen for test in tests.values() for text in test["text"])

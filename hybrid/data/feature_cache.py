@@ -3,21 +3,34 @@
 Only for a frozen backbone (with LoRA the features change every step). Each entry is keyed by a hash of
 (backbone fingerprint, text, token ids), where the fingerprint covers the backbone's name, its config, a sample of its
 weights, the hidden-state layers read and the tokenizer (name and vocabulary): change any of them and the cache
-misses instead of serving stale features. Entries live in memory and, with `cache_dir`, in a `datasets` folder
-(`save_to_disk`) under `cache_dir/<fingerprint>`.
+misses instead of serving stale features.
+
+Features are stored in half precision by default (float16; bfloat16 where a backbone's activations overflow float16's
+range) in Arrow files, the format of `datasets`, which memory-maps them: the operating system pages features in as
+batches read them and can drop them again, so a cache far larger than memory costs no resident memory. A folder
+`cache_dir/<fingerprint>-<dtype>` holds one `part-*.arrow` file per build (and per rank): a build only appends, so
+ranks write their shards side by side and every reader sees one dataset made of all parts. Without `cache_dir` the
+parts go to a temporary folder removed with the cache.
 """
 
 import hashlib
 import json
 import logging
 import shutil
+import tempfile
+import uuid
+import warnings
+import weakref
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import pyarrow as pa
 import torch
-from datasets import Array2D, Dataset, Features, Value, load_from_disk
+from datasets import Dataset
 from torch import Tensor, nn
 from torch.utils.data import Dataset as TorchDataset
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from hybrid.models.backbones import backbone_hidden_states
@@ -58,10 +71,21 @@ def backbone_fingerprint(
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-class FeatureCache:
-    """Features [L_i, D * len(layers)] per example for a frozen backbone; `hits` / `misses` count lookups.
+# Arrow has no bfloat16: its 16 bits are stored as int16 and viewed back as bfloat16 when read.
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+_STORED = {
+    "float16": (np.float16, torch.float16), "bfloat16": (np.int16, torch.int16), "float32": (np.float32, torch.float32),
+}
 
-    backbone_name: defaults to the model's `config.name_or_path`. cache_dir: None keeps entries in memory only.
+
+class FeatureCache:
+    """Features [L_i, D * len(layers)] per example for a frozen backbone; `hits` / `misses` count looked-up examples.
+
+    backbone_name: defaults to the model's `config.name_or_path`. cache_dir: None keeps the parts in a temporary
+    folder. dtype: how features are stored ("float16", "bfloat16" or "float32"). rank / world_size / barrier: in a
+    multi-process launch every rank computes its share of the missing examples and `barrier` (e.g.
+    `accelerator.wait_for_everyone`) waits for all shards; sharing needs a `cache_dir` all ranks see (without one each
+    rank computes everything). progress: show a progress bar while computing (rank 0 only).
     """
 
     def __init__(
@@ -73,110 +97,175 @@ class FeatureCache:
         backbone_name: str | None = None,
         cache_dir: str | Path | None = None,
         batch_size: int = 32,
+        dtype: str = "float16",
+        rank: int = 0,
+        world_size: int = 1,
+        barrier: Callable[[], None] | None = None,
+        progress: bool = True,
     ):
         if any(p.requires_grad for p in model.parameters()):
             raise ValueError("the feature cache needs a frozen backbone; this one has trainable parameters (LoRA?)")
         if tokenizer.pad_token_id is None:
             raise ValueError(f"{type(tokenizer).__name__} has no pad token; load it with hybrid.models.backbones.load_backbone")
+        if dtype not in DTYPES:
+            raise ValueError(f"feature cache dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        if world_size > 1 and barrier is None:
+            raise ValueError("a feature cache shared by several ranks needs a barrier (accelerator.wait_for_everyone)")
         self.model = model
         self.tokenizer = tokenizer
         self.layers = list(layers)
         self.batch_size = batch_size
+        self.dtype = dtype
         name = backbone_name if backbone_name is not None else model.config.name_or_path
         self.fingerprint = backbone_fingerprint(model, tokenizer, layers=self.layers, backbone_name=name)
-        self.folder = None if cache_dir is None else Path(cache_dir) / self.fingerprint[:32]
+        if cache_dir is None:
+            self.folder = Path(tempfile.mkdtemp(prefix="hybrid-features-"))
+            weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)
+            rank, world_size = 0, 1  # a private folder: nothing to share
+        else:
+            self.folder = Path(cache_dir) / f"{self.fingerprint[:32]}-{dtype}"
+            self.folder.mkdir(parents=True, exist_ok=True)
+        self.rank, self.world_size, self.barrier = rank, world_size, barrier
+        self.progress = progress and rank == 0
         self.hits = 0
         self.misses = 0
-        self._memory: dict[str, Tensor] = {}
-        self._disk: Dataset | None = None
-        self._disk_rows: dict[str, int] = {}
-        self._unsaved: list[str] = []
-        if self.folder is not None and self.folder.is_dir():
-            self._disk = load_from_disk(str(self.folder)).with_format("torch")
-            self._disk_rows = {key: row for row, key in enumerate(list(self._disk["key"]))}
-            logger.info("feature cache: %d entries in %s", len(self._disk_rows), self.folder)
+        self._parts: list[str] = []
+        self._chunks: list[Tensor] = []  # the flat values of every part's record batches
+        self._rows: dict[str, tuple[Tensor, int, int]] = {}  # key -> (a part's flat values, start, stop)
+        self._reload()
+        if self._rows:
+            logger.info("feature cache: %d entries in %s", len(self._rows), self.folder)
 
     def key(self, text: str, input_ids: list[int]) -> str:
         ids = np.asarray(input_ids, dtype=np.int64).tobytes()
         return hashlib.sha256(self.fingerprint.encode() + text.encode() + ids).hexdigest()
 
-    def _lookup(self, key: str) -> Tensor | None:
-        if key in self._memory:
-            return self._memory[key]
-        if key in self._disk_rows:
-            self._memory[key] = self._disk[self._disk_rows[key]]["features"]
-            return self._memory[key]
-        return None
+    def _reload(self) -> None:
+        """Index every complete part in the folder (parts written by other ranks or earlier runs included)."""
+        for path in sorted(self.folder.glob("part-*.arrow")):
+            if path.name in self._parts:
+                continue
+            table = Dataset.from_file(str(path)).data.table  # memory-mapped
+            self._parts.append(path.name)
+            keys = table.column("key").to_pylist()
+            row = 0
+            for chunk in table.column("features").chunks:
+                with warnings.catch_warnings():  # the mapped buffer is read-only; nothing writes to it
+                    warnings.simplefilter("ignore", UserWarning)
+                    values = torch.from_numpy(chunk.values.to_numpy(zero_copy_only=True))
+                values = values.view(DTYPES[self.dtype])
+                self._chunks.append(values)
+                offsets = chunk.offsets.to_numpy()
+                for i in range(len(chunk)):
+                    self._rows.setdefault(keys[row], (values, int(offsets[i]), int(offsets[i + 1])))
+                    row += 1
+
+    def _view(self, key: str, length: int) -> Tensor:
+        values, start, stop = self._rows[key]
+        return values[start:stop].view(length, (stop - start) // length)
 
     @torch.no_grad()
-    def _compute(self, examples: list[list[int]]) -> list[Tensor]:
+    def _compute(self, examples: list[list[int]]) -> list[np.ndarray]:
+        """Backbone features of one batch of `examples`, in their order, as flat arrays of the stored type."""
         device = next(self.model.parameters()).device
-        out = []
-        for start in range(0, len(examples), self.batch_size):
-            chunk = examples[start : start + self.batch_size]
-            length = max(len(ids) for ids in chunk)
-            input_ids = torch.full((len(chunk), length), self.tokenizer.pad_token_id, dtype=torch.long)
-            attention_mask = torch.zeros(len(chunk), length, dtype=torch.long)
-            for row, ids in enumerate(chunk):
-                input_ids[row, : len(ids)] = torch.as_tensor(ids)
-                attention_mask[row, : len(ids)] = 1
-            hidden = backbone_hidden_states(self.model, input_ids.to(device), attention_mask.to(device), self.layers)
-            out.extend(hidden[row, : len(ids)].cpu() for row, ids in enumerate(chunk))
-        return out
+        length = max(len(ids) for ids in examples)
+        input_ids = torch.full((len(examples), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros(len(examples), length, dtype=torch.long)
+        for row, ids in enumerate(examples):
+            input_ids[row, : len(ids)] = torch.as_tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+        hidden = backbone_hidden_states(self.model, input_ids.to(device), attention_mask.to(device), self.layers)
+        stored = hidden.to(DTYPES[self.dtype])
+        if not torch.isfinite(stored).all() and torch.isfinite(hidden).all():
+            raise ValueError(
+                f"backbone features reach {hidden.abs().max().item():.4g}, beyond the range of {self.dtype}; "
+                "store them as bfloat16 or float32"
+            )
+        stored = stored.cpu().view(_STORED[self.dtype][1])
+        return [stored[row, : len(ids)].reshape(-1).numpy() for row, ids in enumerate(examples)]
 
-    def features(self, texts: list[str], input_ids: list[list[int]]) -> list[Tensor]:
-        """Features of each example, computing (in batches) only the ones not cached yet."""
-        keys = [self.key(text, ids) for text, ids in zip(texts, input_ids, strict=True)]
-        found = [self._lookup(key) for key in keys]
-        missing = [i for i, value in enumerate(found) if value is None]
-        self.hits += len(keys) - len(missing)
-        self.misses += len(missing)
-        for i, value in zip(missing, self._compute([input_ids[i] for i in missing])):
-            self._memory[keys[i]] = value
-            self._unsaved.append(keys[i])
-            found[i] = value
-        return found
+    def _write_part(self, items: list[tuple[str, list[int]]]) -> None:
+        """Compute `items` (key, input ids), longest first so that each backbone batch holds similar lengths and the
+        largest batch comes first, and write them as one part, atomically (a reader never sees half a part)."""
+        items = sorted(items, key=lambda item: -len(item[1]))
+        numpy_type, _ = _STORED[self.dtype]
+        name = f"part-{uuid.uuid4().hex}"
+        staging = self.folder / f"{name}.tmp"
+        per_write = self.batch_size * 8
+        bar = tqdm(total=len(items), desc="backbone features", unit="text", disable=not self.progress)
+        try:
+            with pa.OSFile(str(staging), "wb") as sink:
+                writer = None
+                for start in range(0, len(items), per_write):
+                    group = items[start : start + per_write]
+                    flats = []
+                    for first in range(0, len(group), self.batch_size):
+                        flats += self._compute([ids for _, ids in group[first : first + self.batch_size]])
+                        bar.update(min(self.batch_size, len(group) - first))
+                    offsets = np.cumsum([0] + [len(f) for f in flats], dtype=np.int64)
+                    values = pa.array(np.concatenate(flats).astype(numpy_type, copy=False))
+                    batch = pa.record_batch(
+                        [
+                            pa.array([key for key, _ in group], type=pa.string()),
+                            pa.array([len(ids) for _, ids in group], type=pa.int32()),
+                            pa.LargeListArray.from_arrays(pa.array(offsets), values),
+                        ],
+                        names=["key", "length", "features"],
+                    )
+                    if writer is None:
+                        writer = pa.ipc.new_stream(sink, batch.schema)
+                    writer.write_batch(batch)
+                writer.close()
+            staging.rename(self.folder / f"{name}.arrow")
+        finally:
+            bar.close()
+            staging.unlink(missing_ok=True)
 
     def attach(self, dataset: Dataset) -> "CachedFeatureDataset":
-        """A torch dataset of `dataset`'s examples (with `text` and `input_ids`) plus their `features`, all computed
-        or looked up now; saved to `cache_dir` when one is set."""
-        values = self.features(list(dataset["text"]), list(dataset["input_ids"]))
-        self.save()
-        return CachedFeatureDataset(dataset, values)
+        """A torch dataset of `dataset`'s examples (with `text` and `input_ids`) plus their `features`: the ones not
+        cached yet are computed now (this rank's share of them, with a progress bar) and stored."""
+        input_ids = list(dataset["input_ids"])
+        keys = [self.key(text, ids) for text, ids in zip(dataset["text"], input_ids, strict=True)]
+        missing = {key: ids for key, ids in zip(keys, input_ids) if key not in self._rows}
+        self.misses += sum(key in missing for key in keys)
+        self.hits += sum(key not in missing for key in keys)
+        mine = list(missing.items())[self.rank :: self.world_size]
+        if mine:
+            self._write_part(mine)
+        if self.world_size > 1:
+            self.barrier()
+        if missing:
+            self._reload()
+        return CachedFeatureDataset(dataset, [self._view(key, len(ids)) for key, ids in zip(keys, input_ids)])
 
-    def save(self) -> None:
-        """Write new entries to the cache folder (no-op in memory-only mode or when nothing is new)."""
-        if self.folder is None or not self._unsaved:
-            return
-        keys = list(self._disk_rows) + self._unsaved
-        rows = [self._lookup(key).float().numpy() for key in keys]
-        width = rows[0].shape[1]
-        features = Features({"key": Value("string"), "features": Array2D(shape=(None, width), dtype="float32")})
-        table = Dataset.from_dict({"key": keys, "features": rows}, features=features)
-        staging = self.folder.with_name(self.folder.name + ".tmp")
-        table.save_to_disk(str(staging))
-        if self.folder.exists():
-            shutil.rmtree(self.folder)
-        staging.rename(self.folder)
-        self._disk = load_from_disk(str(self.folder)).with_format("torch")
-        self._disk_rows = {key: row for row, key in enumerate(keys)}
-        self._unsaved = []
+    def features(self, texts: list[str], input_ids: list[list[int]]) -> list[Tensor]:
+        """Features of each example, computing only the ones not cached yet."""
+        return self.attach(Dataset.from_dict({"text": texts, "input_ids": input_ids})).values
+
+    def nbytes(self) -> int:
+        """Bytes of the stored features (all parts in the folder)."""
+        return sum(values.numel() * values.element_size() for values in self._chunks)
 
 
 class CachedFeatureDataset(TorchDataset):
-    """Examples of a tokenized dataset with their cached backbone `features`, for `TextCollator`."""
+    """Examples of a tokenized dataset with their cached backbone `features` (views into the memory-mapped parts),
+    for `TextCollator`. The rows are read from `dataset` once, so indexing costs no Arrow lookup."""
 
     def __init__(self, dataset: Dataset, features: list[Tensor]):
         self.dataset = dataset
+        self.rows = dataset.to_list()
         self.values = features
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.rows)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Token count of each example, for length-bucketed batches."""
+        return [len(row["input_ids"]) for row in self.rows]
 
     def __getitem__(self, index: int) -> dict:
-        example = dict(self.dataset[index])
-        example["features"] = self.values[index]
-        return example
+        return {**self.rows[index], "features": self.values[index]}
 
 
-__all__ = ["CachedFeatureDataset", "FeatureCache", "backbone_fingerprint", "tokenizer_fingerprint", "weights_fingerprint"]
+__all__ = ["DTYPES", "CachedFeatureDataset", "FeatureCache", "backbone_fingerprint", "tokenizer_fingerprint", "weights_fingerprint"]

@@ -118,16 +118,20 @@ def make_chain_reasoning(
 # --- a user's own data -------------------------------------------------------------------------------------------
 
 _FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+GROUP = "group"  # the column a held-out file's group values travel in (see `split_by_group`)
 
 
 def _is_string(feature) -> bool:
     return getattr(feature, "dtype", None) in ("string", "large_string")
 
 
-def load_user_dataset(path: str | Path, text_column: str, label_column: str, level: str) -> Dataset:
-    """A CSV / JSON(L) / Parquet file as a task: `text` plus `labels` (token level: a list of labels per
-    whitespace-separated word, or in CSV a string of space-separated ints) or `label` (sequence level: an int, or
-    class names, which become a ClassLabel sorted by name)."""
+def load_user_dataset(
+    path: str | Path, text_column: str, label_column: str, level: str, *, group_column: str | None = None
+) -> Dataset:
+    """A CSV / JSON(L) / Parquet file as a task: `text` plus the labels as the file holds them, `label` (sequence
+    level: an int or a class name) or `labels` (token level: a list with one int or class name per
+    whitespace-separated word; in CSV a string of them separated by spaces). Class names become ids only through
+    `LabelMap`, built once from the training file. `group_column` keeps that column too, as `group`."""
     path = Path(path)
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
@@ -136,31 +140,105 @@ def load_user_dataset(path: str | Path, text_column: str, label_column: str, lev
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     dataset = load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train")
-    for column in (text_column, label_column):
+    columns = [text_column, label_column] + ([group_column] if group_column is not None else [])
+    for column in columns:
         if column not in dataset.column_names:
             raise ValueError(f"{path}: no column {column!r}; the file has {dataset.column_names}")
-    if text_column == label_column:
-        raise ValueError(f"{path}: the text and label columns must differ, both are {text_column!r}")
+    if len(set(columns)) < len(columns):
+        raise ValueError(f"{path}: the text, label and group columns must differ, got {columns}")
     label_name = "label" if level == "sequence" else "labels"
-    dataset = dataset.select_columns([text_column, label_column])
+    dataset = dataset.select_columns(columns)
     # One simultaneous rename (identity pairs dropped: datasets refuses renaming a column onto itself), so files whose
     # columns are already called text / label, or even swapped, load too.
-    renames = {old: new for old, new in ((text_column, "text"), (label_column, label_name)) if old != new}
+    targets = ("text", label_name, GROUP)
+    renames = {old: new for old, new in zip(columns, targets) if old != new}
     dataset = dataset.rename_columns(renames)
-    if level == "sequence":
-        if _is_string(dataset.features["label"]):
-            dataset = dataset.class_encode_column("label")
-        return dataset
-    if _is_string(dataset.features["labels"]):
-
-        def split_ints(example, index):
-            try:
-                return {"labels": [int(v) for v in example["labels"].split()]}
-            except ValueError as error:
-                raise ValueError(f"{path}: example {index}: column {label_column!r} must hold space-separated ints") from error
-
-        dataset = dataset.map(split_ints, with_indices=True)
+    if group_column is not None:
+        missing = [i for i, value in enumerate(dataset[GROUP]) if value is None]
+        if missing:
+            raise ValueError(f"{path}: column {group_column!r} is empty in {len(missing)} rows (first: row {missing[0]})")
+    if level == "token" and _is_string(dataset.features["labels"]):
+        # A CSV cell of space-separated word labels: ints when every label in the file is an int, else class names.
+        all_ints = all(re.fullmatch(r"-?\d+", w) for row in dataset["labels"] for w in row.split())
+        dataset = dataset.map(lambda e: {"labels": [int(w) if all_ints else w for w in e["labels"].split()]})
     return dataset
+
+
+def _natural_key(value) -> tuple:
+    """Numbers by value, before names in alphabetical order: k=2 < k=10 < k=a."""
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
+
+
+def split_by_group(dataset: Dataset, column: str) -> dict[str, Dataset]:
+    """Held-out sets `<column>=<value>`, one per value of the `group` column, in natural order of the values."""
+    rows: dict = {}
+    for index, value in enumerate(dataset[GROUP]):
+        rows.setdefault(value, []).append(index)
+    rest = dataset.remove_columns(GROUP)
+    return {f"{column}={value}": rest.select(rows[value]) for value in sorted(rows, key=_natural_key)}
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """One mapping from a task's label values to class ids: built from the training file, applied to every held-out
+    set, so ids agree across files whatever classes each file happens to hold.
+
+    id2label: class names in id order (names found in the training file, sorted), or None when the files hold int
+    ids, which are kept as they are. known: the label values a held-out file may use.
+    """
+
+    id2label: tuple[str, ...] | None
+    num_labels: int
+    known: frozenset
+
+    @classmethod
+    def fit(cls, train: Dataset, level: str, *, num_labels: int | None = None, source: str = "training file") -> "LabelMap":
+        values = _label_values(train, level)
+        if not values:
+            raise ValueError(f"{source}: no labels")
+        if all(isinstance(v, str) for v in values):
+            names = tuple(sorted(values))
+            if num_labels is not None and num_labels != len(names):
+                raise ValueError(f"{source}: task.num_labels={num_labels}, but the file names {len(names)} classes {list(names)}")
+            return cls(id2label=names, num_labels=len(names), known=frozenset(names))
+        if not all(isinstance(v, int) for v in values):
+            raise ValueError(f"{source}: labels mix ints and class names: {sorted(map(str, values))[:10]}")
+        inferred = max(values) + 1
+        if num_labels is not None and inferred > num_labels:
+            raise ValueError(f"{source}: label {max(values)} does not fit task.num_labels={num_labels} (ids 0..{num_labels - 1})")
+        if min(values) < 0:
+            raise ValueError(f"{source}: negative label {min(values)}; only {IGNORE_LABEL_ID} (ignored word) is allowed")
+        known = frozenset(range(num_labels)) if num_labels is not None else frozenset(values)
+        return cls(id2label=None, num_labels=num_labels or inferred, known=known)
+
+    def encode(self, dataset: Dataset, level: str, *, source: str) -> Dataset:
+        """`dataset` with class ids; a label the training file does not have is an error naming `source`."""
+        values = _label_values(dataset, level)
+        if self.id2label is not None:
+            values = {str(v) for v in values}  # a held-out CSV whose names all look like ints was read as ints
+        unseen = sorted(values - self.known, key=str)
+        if unseen:
+            raise ValueError(
+                f"{source}: label {unseen[0]!r} does not occur in the training file"
+                + (f" ({len(unseen)} such labels: {unseen[:10]})" if len(unseen) > 1 else "")
+                + f"; known labels: {sorted(self.known, key=_natural_key)}"
+            )
+        if self.id2label is None:
+            return dataset
+        ids = {name: i for i, name in enumerate(self.id2label)}
+        if level == "sequence":
+            return dataset.remove_columns("label").add_column("label", [ids[str(v)] for v in dataset["label"]])
+        encoded = [[v if v == IGNORE_LABEL_ID else ids[str(v)] for v in row] for row in dataset["labels"]]
+        return dataset.remove_columns("labels").add_column("labels", encoded)
+
+
+def _label_values(dataset: Dataset, level: str) -> set:
+    if level == "sequence":
+        return set(dataset["label"])
+    return {v for row in dataset["labels"] for v in row if v != IGNORE_LABEL_ID}
 
 
 # --- tokenisation and label alignment ----------------------------------------------------------------------------
@@ -286,11 +364,13 @@ class TextCollator:
 
 __all__ = [
     "IGNORE_LABEL_ID",
+    "LabelMap",
     "TextCollator",
     "align_word_labels",
     "load_user_dataset",
     "make_chain_reasoning",
     "make_text_sudoku",
+    "split_by_group",
     "sudoku_text",
     "tokenize_dataset",
 ]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from hybrid.config import from_dict
+from hybrid.data.tasks import HybridTaskConfig
 from hybrid.models.configuration_hybrid import HybridRecursiveConfig
 from hybrid.models.pure import PureConfig
 
@@ -120,30 +121,6 @@ class PureTrainConfig:
         return from_dict(PureConfig, arch, origin="section 'arch'")
 
 
-@dataclass
-class HybridTaskConfig:
-    name: Literal["text_sudoku", "chain", "user"] = "text_sudoku"
-    num_train: int = 2000
-    num_test: int = 500
-    seed: int = 0
-    # text_sudoku: an n x n board (boxes 2x2 for n=4, 2x3 for n=6) with `num_blanks` empty cells
-    size: int = 4
-    num_blanks: int = 6
-    # chain: training questions need one of `hops` links; a held-out set per hop count in hops + test_hops (longer
-    # chains: depth extrapolation); each text has up to `extra_links` more links and `distractor_length` distractors
-    hops: list[int] = field(default_factory=lambda: [1, 2])
-    test_hops: list[int] = field(default_factory=list)
-    extra_links: int = 1
-    distractor_length: int = 2
-    # user: your own CSV / JSON / Parquet files
-    train_file: str | None = None
-    test_file: str | None = None
-    text_column: str = "text"
-    label_column: str = "label"
-    level: Literal["token", "sequence"] = "sequence"
-    num_labels: int | None = None  # user data: the number of classes (default: inferred from the training labels)
-
-
 # Model keys that come from the data (task, classes) or are written by save_pretrained, never from a recipe config.
 _DERIVED_MODEL_KEYS = {"task", "num_labels", "id2label", "label2id", "backbone_model_config", "backbone_in_checkpoint"}
 
@@ -167,6 +144,8 @@ class HybridTrainConfig:
     # Frozen backbones: compute each example's features once ("memory", or "disk" under cache_dir) instead of at
     # every supervision step and epoch. Must be "none" with LoRA (the backbone then changes while training).
     feature_cache: Literal["memory", "disk", "none"] = "memory"  # not "off": YAML reads off as false
+    # Stored precision of cached features: half the memory of float32; the head computes in float32 either way.
+    feature_cache_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     cache_dir: str = ".cache/hybrid-features"
     save_backbone: bool = False  # the exported model folder holds the backbone weights too
 

@@ -1,0 +1,149 @@
+"""CLUTRR (Sinha et al., EMNLP 2019, arXiv 1908.06177): kinship reasoning over short stories, as a hybrid-mode task.
+
+Each row holds a story whose people are in [brackets], a query (A, B) and the answer `target_text`: B is A's
+<target_text>, one of 18 relations. `task_name` = `task_<noise>.<k>` says how many kinship facts must be chained (k)
+and which noise facts the story carries. The standard protocol trains on k = 2, 3 and reports accuracy for each
+k = 2..10 (systematic generalisation to longer chains) and for each noise type (robustness).
+
+The model input is built from `story` and `query` alone. The files also hold the generator's ground truth
+(`clean_story`, `proof_state`, `f_comb`, `story_edges`, `edge_types`, `genders`, ...), which a model must never see:
+they are not even read (`READ_COLUMNS`), and `task_name` only decides which held-out set a row is reported in.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import random
+import re
+from pathlib import Path
+
+import pandas as pd
+from datasets import Dataset
+
+INPUT_COLUMNS = ("story", "query")
+LABEL_COLUMN = "target_text"
+SET_COLUMN = "task_name"  # task_<noise>.<k>: which held-out set a row belongs to, never part of the input
+READ_COLUMNS = (*INPUT_COLUMNS, LABEL_COLUMN, SET_COLUMN)
+FILES = {"train": "train.csv", "test": "test.csv", "test_noise": "test_noise.csv"}  # test_noise is optional
+NOISE = {1: "none", 2: "supporting", 3: "irrelevant", 4: "disconnected"}
+_TASK_NAME = re.compile(r"task_(\d+)\.(\d+)")
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def default_data_dir() -> Path:
+    """`$HYBRID_DATA_DIR/clutrr`, the data folder defaulting to `../shared/data` beside the repository."""
+    return Path(os.environ.get("HYBRID_DATA_DIR", _REPO.parent / "shared" / "data")) / "clutrr"
+
+
+def clutrr_text(story: str, query: str, *, question_first: bool = True) -> str:
+    """"Question: how is [B] related to [A]? Story: ..." (brackets kept: they mark the entities). The question comes
+    first by default so that it sits at fixed positions next to the head's register, which the sequence classifier
+    reads, whatever the story's length."""
+    pair = ast.literal_eval(query) if isinstance(query, str) else query
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+        raise ValueError(f"query must be a pair of names like \"('Ann', 'Bob')\", got {query!r}")
+    first, second = pair
+    question = f"Question: how is [{second}] related to [{first}]?"
+    return f"{question} Story: {story}" if question_first else f"Story: {story} {question}"
+
+
+def parse_task_name(name: str) -> tuple[int, int]:
+    """(noise type, k) from `task_<noise>.<k>`."""
+    match = _TASK_NAME.fullmatch(str(name))
+    if match is None or int(match[1]) not in NOISE:
+        raise ValueError(f"task_name must look like task_<noise 1-4>.<k>, got {name!r}")
+    return int(match[1]), int(match[2])
+
+
+def build_examples(rows: dict[str, list], *, question_first: bool = True, source: str = "CLUTRR") -> Dataset:
+    """`text`, `label` (the relation's name), `k` and `noise` from the columns of `READ_COLUMNS` only."""
+    missing = [c for c in READ_COLUMNS if c not in rows]
+    if missing:
+        raise ValueError(f"{source}: no column {missing[0]!r}; CLUTRR files need {list(READ_COLUMNS)}")
+    texts, noise, depth = [], [], []
+    for index, (story, query, task_name) in enumerate(zip(rows["story"], rows["query"], rows[SET_COLUMN])):
+        try:
+            texts.append(clutrr_text(story, query, question_first=question_first))
+            kind, k = parse_task_name(task_name)
+        except (ValueError, SyntaxError) as err:
+            raise ValueError(f"{source}: row {index}: {err}") from None
+        noise.append(NOISE[kind])
+        depth.append(k)
+    return Dataset.from_dict({"text": texts, "label": [str(v) for v in rows[LABEL_COLUMN]], "k": depth, "noise": noise})
+
+
+def _read_local(folder: Path) -> dict[str, dict[str, list]]:
+    for split in ("train", "test"):
+        if not (folder / FILES[split]).is_file():
+            raise ValueError(f"{folder}: no {FILES[split]}; a CLUTRR folder holds {sorted(FILES.values())}")
+    splits = {}
+    for split, name in FILES.items():
+        path = folder / name
+        if path.is_file():
+            try:
+                frame = pd.read_csv(path, usecols=list(READ_COLUMNS), dtype=str, keep_default_na=False)
+            except ValueError as err:  # pandas names the missing columns
+                raise ValueError(f"{path}: {err}") from None
+            splits[split] = frame.to_dict(orient="list")
+    return splits
+
+
+def _read_hub(dataset_id: str) -> dict[str, dict[str, list]]:
+    """`owner/name` or `owner/name:config` through `datasets.load_dataset`; splits train, test and (if present)
+    test_noise."""
+    from datasets import load_dataset
+
+    repo, _, config = dataset_id.partition(":")
+    loaded = load_dataset(repo, config or None)
+    for split in ("train", "test"):
+        if split not in loaded:
+            raise ValueError(f"Hub dataset {dataset_id}: no {split!r} split; it has {sorted(loaded)}")
+    return {split: loaded[split].select_columns(list(READ_COLUMNS)).to_dict() for split in FILES if split in loaded}
+
+
+def load_clutrr(
+    source: str | Path | None = None,
+    *,
+    question_first: bool = True,
+    num_train: int | None = None,
+    max_train_k: int | None = None,
+    seed: int = 0,
+) -> tuple[Dataset, dict[str, Dataset]]:
+    """(train, held-out sets) with relation names as labels: `k=2` .. `k=10` from test.csv (one set per k present)
+    and `noise_none`, `noise_supporting`, ... from test_noise.csv.
+
+    source: a folder holding train.csv, test.csv and optionally test_noise.csv (default `default_data_dir()`), or a
+    Hugging Face Hub dataset id (`owner/name[:config]`) with the same columns. num_train: a seeded random subset of
+    that many training stories (None: all). max_train_k: train only on stories with k <= this.
+    """
+    source = default_data_dir() if source is None else source
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        splits = _read_local(folder)
+    elif isinstance(source, str) and re.fullmatch(r"[\w.-]+/[\w.-]+(:[\w.-]+)?", source):
+        splits = _read_hub(source)
+    else:
+        raise ValueError(f"CLUTRR data {source}: no such folder (nor a Hub dataset id like owner/name[:config])")
+    built = {split: build_examples(rows, question_first=question_first, source=f"{source} {split}")
+             for split, rows in splits.items()}
+    train = built["train"]
+    if max_train_k is not None:
+        train = train.filter(lambda e: e["k"] <= max_train_k)
+        if len(train) == 0:
+            raise ValueError(f"{source}: no training story has k <= max_train_k={max_train_k}")
+    if num_train is not None and num_train < len(train):
+        train = train.select(sorted(random.Random(seed).sample(range(len(train)), num_train)))
+    tests = {f"k={k}": subset for k, subset in _by(built["test"], "k", sorted(set(built["test"]["k"])))}
+    if "test_noise" in built:
+        present = set(built["test_noise"]["noise"])
+        tests |= {f"noise_{n}": s for n, s in _by(built["test_noise"], "noise", [n for n in NOISE.values() if n in present])}
+    return train, tests
+
+
+def _by(dataset: Dataset, column: str, values: list) -> list[tuple]:
+    column_values = dataset[column]
+    return [(v, dataset.select([i for i, x in enumerate(column_values) if x == v])) for v in values]
+
+
+__all__ = ["READ_COLUMNS", "build_examples", "clutrr_text", "default_data_dir", "load_clutrr", "parse_task_name"]

@@ -8,6 +8,7 @@ import torch
 
 from hybrid.core.losses import ACTLossHead
 from hybrid.models.pure import PureConfig, build_pure_model
+from test_pure_model import grid_batch
 
 SMALL = PureConfig(
     seq_len=16, vocab_size=6, num_puzzle_identifiers=4, H_cycles=2, L_cycles=2, L_layers=2, hidden_size=64,
@@ -20,15 +21,6 @@ MLP_T = replace(SMALL, pos_encodings="none", mlp_t=True)
 # keeps 8 mantissa bits, 0.4% per rounding), the summed loss within 1% (measured: at most 0.2%), and the argmax of at
 # least 90% of tokens unchanged (measured: at least 93.75%).
 LOGIT_TOL, LOSS_TOL, ARGMAX_AGREEMENT = 0.10, 0.01, 0.90
-
-
-def batch_of(cfg: PureConfig, size: int = 8) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    return {
-        "inputs": torch.randint(0, cfg.vocab_size, (size, cfg.seq_len), generator=g),
-        "labels": torch.randint(0, cfg.vocab_size, (size, cfg.seq_len), generator=g),
-        "puzzle_identifiers": torch.randint(0, cfg.num_puzzle_identifiers, (size,), generator=g),
-    }
 
 
 def one_eval_step(reasoner_act, batch):
@@ -47,7 +39,7 @@ def test_bf16_forward_is_close_to_fp32_with_the_same_weights(cfg):
     with torch.no_grad():
         fp32[0].puzzle_emb.weights.normal_()  # zero at init: make the puzzle prefix take part
     bf16[0].load_state_dict(fp32[0].state_dict())
-    batch = batch_of(cfg)
+    batch = grid_batch(cfg, 8)
 
     loss32, logits32 = one_eval_step(fp32, batch)
     loss16, logits16 = one_eval_step(bf16, batch)
@@ -64,7 +56,7 @@ def saved_for_backward_bytes(cfg: PureConfig) -> int:
     _, act = build_pure_model(cfg)
     head = ACTLossHead(act)
     head.train()
-    batch = batch_of(cfg)
+    batch = grid_batch(cfg, 8)
     saved: dict[int, int] = {}
 
     def pack(t):

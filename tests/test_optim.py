@@ -123,6 +123,74 @@ def test_adam_atan2_state_dict_round_trip_continues_identically():
     assert opt_b.state[model_b.weight]["step"] == 3
 
 
+def per_tensor_adam_atan2(params, grads, moments, t, lr, wd):
+    """The previous implementation's update, one tensor at a time: the reference for the flat-buffer update."""
+    for p, g, (m, v) in zip(params, grads, moments):
+        p.mul_(1 - lr * wd)
+        m.lerp_(g, 1 - B1)
+        v.lerp_(g * g, 1 - B2)
+        p.add_(torch.atan2(m / (1 - B1**t), v.sqrt() / (1 - B2**t) ** 0.5), alpha=-lr)
+
+
+def test_adam_atan2_flat_update_equals_per_tensor_update_on_many_tensors():
+    g = torch.Generator().manual_seed(0)
+    shapes = [(int(torch.randint(1, 9, (1,), generator=g)), int(torch.randint(1, 300, (1,), generator=g)))
+              for _ in range(40)] + [(0, 4), (1,), (3, 5, 7)]
+    params = [nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+    reference = [p.detach().clone() for p in params]
+    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in reference]
+    opt = AdamATan2(params, weight_decay=0.1)
+    for t, lr in enumerate([0.05, 0.02, 0.01], start=1):
+        grads = [torch.randn(s, generator=g) * 10.0 ** float(torch.randint(-4, 2, (1,), generator=g)) for s in shapes]
+        grads[0].zero_()  # a never-used row block: atan2(0, 0) = 0, only decay
+        for p, grad in zip(params, grads):
+            p.grad = grad.clone()
+        opt.param_groups[0]["lr"] = lr
+        opt.step()
+        per_tensor_adam_atan2(reference, grads, moments, t, lr, 0.1)
+    for p, ref, (m, v) in zip(params, reference, moments):
+        # Float32 rounding of the same ops: the vectorised and scalar atan2 may differ in the last bit.
+        torch.testing.assert_close(p.detach(), ref, rtol=2e-6, atol=1e-7)
+        torch.testing.assert_close(opt.state[p]["exp_avg"], m, rtol=1e-6, atol=0)
+        torch.testing.assert_close(opt.state[p]["exp_avg_sq"], v, rtol=1e-6, atol=0)
+
+
+def test_adam_atan2_parameter_without_grad_keeps_its_moments_and_step_count():
+    a, b = nn.Parameter(torch.tensor([1.0, 2.0])), nn.Parameter(torch.tensor([3.0]))
+    opt = AdamATan2([a, b], lr=0.1, weight_decay=0.0)
+    a.grad, b.grad = torch.tensor([0.5, -0.5]), torch.tensor([1.0])
+    opt.step()
+    m_b = opt.state[b]["exp_avg"].clone()
+    a.grad, b.grad = torch.tensor([0.5, -0.5]), None  # b sits out: a alone forms a new bucket
+    opt.step()
+    assert opt.state[a]["step"] == 2 and opt.state[b]["step"] == 1
+    assert torch.equal(opt.state[b]["exp_avg"], m_b) and b.item() == pytest.approx(3.0 - 0.1 * math.atan2(1.0, 1.0))
+    b.grad = torch.tensor([1.0])  # back in, at a different step count than a: two buckets with their own t
+    opt.step()
+    expected_b = adam_atan2_reference(3.0, [1.0, 1.0], [0.1, 0.1], 0.0)
+    assert b.item() == pytest.approx(expected_b, abs=1e-6)
+    expected_a = [adam_atan2_reference(p0, [g, g, g], [0.1] * 3, 0.0) for p0, g in ((1.0, 0.5), (2.0, -0.5))]
+    torch.testing.assert_close(a.detach(), torch.tensor(expected_a), rtol=0, atol=1e-6)
+
+
+def test_adam_atan2_load_state_dict_into_a_stepped_optimiser_replaces_its_flat_moments():
+    saved = AdamATan2([nn.Parameter(torch.tensor(P0))], lr=0.05)
+    saved.param_groups[0]["params"][0].grad = torch.tensor(GRADS[0])
+    saved.step()
+    param = nn.Parameter(torch.tensor(P0))
+    opt = AdamATan2([param], lr=0.05)
+    param.grad = torch.tensor([9.0, 9.0, 9.0, 9.0])  # moments that the loaded state must replace
+    opt.step()
+    opt.load_state_dict(saved.state_dict())
+    with torch.no_grad():
+        param.copy_(saved.param_groups[0]["params"][0])
+    param.grad = torch.tensor(GRADS[1])
+    opt.param_groups[0]["lr"] = 0.02
+    opt.step()
+    expected = [adam_atan2_reference(p, [g[i] for g in GRADS], [0.05, 0.02], 0.1) for i, p in enumerate(P0)]
+    torch.testing.assert_close(param.detach(), torch.tensor(expected), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("kwargs", [dict(lr=-1.0), dict(betas=(0.9, 1.0)), dict(weight_decay=-0.1)])
 def test_adam_atan2_rejects_bad_hyperparameters(kwargs):
     with pytest.raises(ValueError, match="AdamATan2"):

@@ -2,6 +2,7 @@
 
 What is compared and how tightly follows the oracles' README: eval step 1 and train step 0 from the initial carry,
 every eval step 2..T teacher-forced from the reference carry, discrete halting exactly, train steps 1-2 loosely.
+HYBRID_TEST_DEVICE=cuda runs our side on the GPU (bench/gpu_check.sh does); the default is cpu.
 """
 
 import functools
@@ -24,6 +25,7 @@ CASES = sorted(p.name for p in _ROOT.iterdir() if (p / "config.json").is_file())
 case_param = pytest.mark.parametrize("case", CASES or [pytest.param(None, id="no-oracles")])
 
 LOOSE = 1e-3  # train steps 1-2 start from a carried-over state
+DEVICE = torch.device(os.environ.get("HYBRID_TEST_DEVICE", "cpu"))
 
 
 @dataclass
@@ -42,7 +44,7 @@ class Oracle:
         reasoner, act = from_official(
             self.cfg["model_cfg"], self.state_dict, family=self.cfg["family"], loss_type=self.cfg["loss_type"]
         )
-        return reasoner, ACTLoss(act, loss_type=self.cfg["loss_type"])
+        return reasoner.to(DEVICE), ACTLoss(act, loss_type=self.cfg["loss_type"])
 
 
 @functools.cache
@@ -61,7 +63,9 @@ def oracle(oracle_root, case) -> Oracle:
 
 def assert_close(ours, ref, rtol: float, what: str):
     """README criterion: max|ours - ref| <= rtol * max|ref|."""
-    ours = ours.detach().double().numpy() if isinstance(ours, torch.Tensor) else np.asarray(ours, dtype=np.float64)
+    if isinstance(ours, torch.Tensor):
+        ours = ours.detach().double().cpu().numpy()
+    ours = np.asarray(ours, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
     assert ours.shape == ref.shape, f"{what}: shape {ours.shape} vs reference {ref.shape}"
     err, scale = np.abs(ours - ref).max(), np.abs(ref).max()
@@ -78,7 +82,7 @@ def assert_metrics(ours: dict[str, torch.Tensor], ref: dict[str, float], rtol: f
 def batch_of(data: dict[str, np.ndarray], prefix: str = "", index: int | None = None) -> dict[str, torch.Tensor]:
     def pick(key):
         array = data[prefix + key]
-        return torch.from_numpy(array if index is None else array[index])
+        return torch.from_numpy(array if index is None else array[index]).to(DEVICE)
 
     return {k: pick(k) for k in ("inputs", "labels", "puzzle_identifiers")}
 
@@ -91,8 +95,8 @@ def check_eval_step(oracle: Oracle, t: int, carry: ACTCarry, loss, metrics, pred
     assert_close(carry.inner[0], d["eval_z_H"][t], tol, f"{what} z_H")
     assert_close(carry.inner[1], d["eval_z_L"][t], tol, f"{what} z_L")
     assert_close(loss, d["eval_loss"][t], tol, f"{what} loss")
-    np.testing.assert_array_equal(carry.halted.numpy(), d["eval_halted"][t], err_msg=f"{what} halted")
-    np.testing.assert_array_equal(carry.steps.numpy(), d["eval_steps"][t], err_msg=f"{what} steps")
+    np.testing.assert_array_equal(carry.halted.cpu().numpy(), d["eval_halted"][t], err_msg=f"{what} halted")
+    np.testing.assert_array_equal(carry.steps.cpu().numpy(), d["eval_steps"][t], err_msg=f"{what} steps")
     assert_metrics(metrics, oracle.cfg["eval_metrics"][t], tol, what)
 
 
@@ -116,9 +120,9 @@ def test_eval_teacher_forced_steps(oracle):
     B = batch["inputs"].shape[0]
     for t in range(1, d["eval_logits"].shape[0]):
         carry = ACTCarry(
-            inner=(torch.from_numpy(d["eval_z_H"][t - 1]), torch.from_numpy(d["eval_z_L"][t - 1])),
-            steps=torch.full((B,), t, dtype=torch.int32),
-            halted=torch.zeros(B, dtype=torch.bool),
+            inner=tuple(torch.from_numpy(d[key][t - 1]).to(DEVICE) for key in ("eval_z_H", "eval_z_L")),
+            steps=torch.full((B,), t, dtype=torch.int32, device=DEVICE),
+            halted=torch.zeros(B, dtype=torch.bool, device=DEVICE),
             current_data=dict(batch),
         )
         with torch.no_grad():
@@ -137,8 +141,9 @@ def test_eval_free_running_halting_is_exact(oracle):
     with torch.no_grad():
         for t in range(d["eval_logits"].shape[0]):
             carry, *_ = head(carry, batch)
-            np.testing.assert_array_equal(carry.halted.numpy(), d["eval_halted"][t], err_msg=f"eval step {t + 1} halted")
-            np.testing.assert_array_equal(carry.steps.numpy(), d["eval_steps"][t], err_msg=f"eval step {t + 1} steps")
+            what = f"eval step {t + 1}"
+            np.testing.assert_array_equal(carry.halted.cpu().numpy(), d["eval_halted"][t], err_msg=f"{what} halted")
+            np.testing.assert_array_equal(carry.steps.cpu().numpy(), d["eval_steps"][t], err_msg=f"{what} steps")
 
 
 @case_param
@@ -155,8 +160,8 @@ def test_train_steps_with_persistent_carry(oracle):
         carry, loss, metrics, preds, _ = head(carry, batch_of(d, "train_", k))
         (loss / B).backward()
 
-        np.testing.assert_array_equal(carry.halted.numpy(), d["train_halted"][k], err_msg=f"{what} halted")
-        np.testing.assert_array_equal(carry.steps.numpy(), d["train_steps"][k], err_msg=f"{what} steps")
+        np.testing.assert_array_equal(carry.halted.cpu().numpy(), d["train_halted"][k], err_msg=f"{what} halted")
+        np.testing.assert_array_equal(carry.steps.cpu().numpy(), d["train_steps"][k], err_msg=f"{what} steps")
         assert_close(preds["logits"], d["train_logits"][k], tol, f"{what} logits")
         assert_close(preds["q_halt_logits"], d["train_q_halt_logits"][k], tol, f"{what} q_halt")
         assert_close(preds["q_continue_logits"], d["train_q_continue_logits"][k], tol, f"{what} q_continue")

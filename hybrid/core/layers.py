@@ -163,9 +163,14 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, attn_mask: Tensor | None = None) -> Tensor:
         """attn_mask: [B, S] bool, True for real tokens; padded keys are ignored by every query."""
         B, S, _ = x.shape
-        q, k, v = self.qkv(x).view(B, S, 3 * self.num_heads, self.head_dim).split(self.num_heads, dim=2)
+        H = self.num_heads
+        qkv = self.qkv(x).view(B, S, 3 * H, self.head_dim)
         if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            # q and k rotate in one pass: half the element-wise kernels, the same values.
+            q, k = apply_rotary(qkv[:, :, : 2 * H], *rope).split(H, dim=2)
+            v = qkv[:, :, 2 * H :]
+        else:
+            q, k, v = qkv.split(H, dim=2)
         mask = None if attn_mask is None else attn_mask[:, None, None, :]
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
         return self.o(y.transpose(1, 2).reshape(B, S, -1))

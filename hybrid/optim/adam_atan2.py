@@ -12,17 +12,39 @@ atan2; lr outside is the plain scheduled lr. Half-precision parameters keep half
 kernel) but every step is computed in float32.
 """
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+@dataclass
+class _FlatBuffers:
+    """One bucket's moments in two flat tensors (the per-parameter state entries are views into them), and two
+    persistent work buffers of the compute dtype. Reusing the work buffers matters on CPU: a fresh 28 MB temporary
+    per op costs more in page faults than the arithmetic (bench/bench_optim.py)."""
+
+    sizes: list[int]
+    exp_avg: Tensor
+    exp_avg_sq: Tensor
+    grad: Tensor
+    update: Tensor
+
+    def views(self, flat: Tensor, like: list[Tensor]) -> list[Tensor]:
+        return [piece.view_as(p) for piece, p in zip(flat.split(self.sizes), like)]
+
+
 class AdamATan2(torch.optim.Optimizer):
-    """The official AdamATan2 update, vectorised with `torch._foreach_*` ops.
+    """The official AdamATan2 update on flat buffers: each element-wise op of the step runs once over all parameters
+    of a (device, dtype, step count) bucket, rather than once per tensor.
 
     Built with lr = 0: the training loop writes each step's lr into `param_groups[i]["lr"]` before `step()`.
-    Per-parameter state: `step` (int, optimiser steps this parameter has taken), `exp_avg` (m), `exp_avg_sq` (v).
+    Per-parameter state: `step` (int, optimiser steps this parameter has taken), `exp_avg` (m), `exp_avg_sq` (v); the
+    moments are views into the bucket's flat buffers, so `state_dict()` keeps the per-parameter layout of
+    `torch.optim` and loads into either implementation. Memory: two work buffers the size of the bucket are kept
+    between steps (the per-tensor update allocated three such temporaries on every step).
     """
 
     def __init__(self, params, lr: float = 0.0, betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.1):
@@ -33,6 +55,7 @@ class AdamATan2(torch.optim.Optimizer):
         if weight_decay < 0.0:
             raise ValueError(f"AdamATan2: weight_decay must be >= 0, got {weight_decay}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
+        self._flat: dict[tuple[int, ...], _FlatBuffers] = {}
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -42,8 +65,8 @@ class AdamATan2(torch.optim.Optimizer):
                 loss = closure()
 
         for group in self.param_groups:
-            # foreach ops need one device and dtype per call, so the group is split by (device, dtype).
-            buckets: dict[tuple, tuple[list[Tensor], ...]] = {}
+            # A bucket shares device, dtype and step count (so one pair of bias corrections); normally there is one.
+            buckets: dict[tuple, list[Tensor]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -52,38 +75,79 @@ class AdamATan2(torch.optim.Optimizer):
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                bucket = buckets.setdefault((p.device, p.dtype), ([], [], [], [], []))
-                for lst, item in zip(bucket, (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"])):
-                    lst.append(item)
+                buckets.setdefault((p.device, p.dtype, state["step"]), []).append(p)
 
-            for (_, dtype), (params, grads, exp_avgs, exp_avg_sqs, steps) in buckets.items():
-                if dtype in _LOW_PRECISION:
-                    work = [[t.float() for t in lst] for lst in (params, grads, exp_avgs, exp_avg_sqs)]
-                    _atan2_update(*work, steps, lr=group["lr"], betas=group["betas"], weight_decay=group["weight_decay"])
-                    for stored, computed in zip((params, exp_avgs, exp_avg_sqs), (work[0], work[2], work[3])):
-                        torch._foreach_copy_(stored, computed)
-                else:
-                    _atan2_update(params, grads, exp_avgs, exp_avg_sqs, steps,
-                                  lr=group["lr"], betas=group["betas"], weight_decay=group["weight_decay"])
+            for (_, _, t), params in buckets.items():
+                _atan2_update(params, self._buffers_for(params), t,
+                              lr=group["lr"], betas=group["betas"], weight_decay=group["weight_decay"])
         return loss
 
+    def _buffers_for(self, params: list[Tensor]) -> _FlatBuffers:
+        """The bucket's flat buffers, rebuilt from the per-parameter state when the state entries are not views into
+        them: the first step, after `load_state_dict`, or when the bucket's members changed."""
+        key = tuple(id(p) for p in params)
+        flat = self._flat.get(key)
+        if flat is not None and self._state_is_flat(params, flat):
+            return flat
+        states = [self.state[p] for p in params]
+        # The moments are kept in the parameters' dtype, so half-precision runs store half-precision moments.
+        exp_avg = torch.cat([s["exp_avg"].reshape(-1) if "exp_avg" in s else p.new_zeros(p.numel())
+                             for s, p in zip(states, params)])
+        exp_avg_sq = torch.cat([s["exp_avg_sq"].reshape(-1) if "exp_avg_sq" in s else p.new_zeros(p.numel())
+                                for s, p in zip(states, params)])
+        compute = torch.float32 if exp_avg.dtype in _LOW_PRECISION else exp_avg.dtype
+        flat = _FlatBuffers(
+            sizes=[p.numel() for p in params],
+            exp_avg=exp_avg,
+            exp_avg_sq=exp_avg_sq,
+            grad=torch.empty_like(exp_avg, dtype=compute),
+            update=torch.empty_like(exp_avg, dtype=compute),
+        )
+        for s, m, v in zip(states, flat.views(exp_avg, params), flat.views(exp_avg_sq, params)):
+            s["exp_avg"], s["exp_avg_sq"] = m, v
+        # Buffers of an earlier bucket holding any of these parameters no longer back their state.
+        self._flat = {k: f for k, f in self._flat.items() if not set(k) & set(key)}
+        self._flat[key] = flat
+        return flat
 
-def _atan2_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-                  steps: list[int], *, lr: float, betas: tuple[float, float], weight_decay: float) -> None:
-    """One in-place AdamATan2 step on same-device, same-dtype tensor lists (`steps` already incremented)."""
+    def _state_is_flat(self, params: list[Tensor], flat: _FlatBuffers) -> bool:
+        offset = 0
+        for p, n in zip(params, flat.sizes):
+            s = self.state[p]
+            for name, buffer in (("exp_avg", flat.exp_avg), ("exp_avg_sq", flat.exp_avg_sq)):
+                t = s.get(name)
+                if t is None or t.untyped_storage().data_ptr() != buffer.untyped_storage().data_ptr():
+                    return False
+                if t.storage_offset() != buffer.storage_offset() + offset:
+                    return False
+            offset += n
+        return True
+
+
+def _atan2_update(params: list[Tensor], flat: _FlatBuffers, t: int, *, lr: float, betas: tuple[float, float],
+                  weight_decay: float) -> None:
+    """One in-place AdamATan2 step of a bucket at step t (already incremented). The element-wise ops and their order
+    are those of the official per-tensor update, so results agree to float32 rounding (vectorised and scalar atan2
+    may differ in the last bit)."""
     b1, b2 = betas
-    torch._foreach_mul_(params, 1.0 - lr * weight_decay)
-    torch._foreach_lerp_(exp_avgs, grads, 1.0 - b1)
-    torch._foreach_lerp_(exp_avg_sqs, torch._foreach_mul(grads, grads), 1.0 - b2)
+    g, u = flat.grad, flat.update
+    torch._foreach_copy_(flat.views(g, params), [p.grad for p in params])
+    m, v = flat.exp_avg, flat.exp_avg_sq
+    low = m.dtype in _LOW_PRECISION
+    if low:
+        m, v = m.float(), v.float()
+    m.lerp_(g, 1.0 - b1)
+    v.lerp_(g.mul_(g), 1.0 - b2)
+    torch.div(m, 1.0 - b1**t, out=u)
+    torch.sqrt(v, out=g).div_((1.0 - b2**t) ** 0.5)
+    torch.atan2(u, g, out=u)
+    if low:
+        flat.exp_avg.copy_(m)
+        flat.exp_avg_sq.copy_(v)
 
-    m_hat = torch._foreach_div(exp_avgs, [1.0 - b1**t for t in steps])
-    v_hat_sqrt = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(v_hat_sqrt, [(1.0 - b2**t) ** 0.5 for t in steps])
-    # PyTorch has no _foreach_atan2, and atan(m/sqrt(v)) is neither bit-equal nor defined at 0/0 (never-used embedding
-    # rows), so this one op runs per tensor: one kernel each, as the CPU foreach ops do internally.
-    for num, den in zip(m_hat, v_hat_sqrt):
-        torch.atan2(num, den, out=num)
-    torch._foreach_add_(params, m_hat, alpha=-lr)
+    work = [p.float() for p in params] if low else params
+    torch._foreach_mul_(work, 1.0 - lr * weight_decay)
+    torch._foreach_add_(work, flat.views(u, params), alpha=-lr)
+    if low:
+        torch._foreach_copy_(params, work)

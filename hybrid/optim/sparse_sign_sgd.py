@@ -64,13 +64,20 @@ class SparseSignSGD(torch.optim.Optimizer):
 
         weights = self.embedding.weights
         group = self.param_groups[0]
-        unique_ids, inverse = torch.unique(ids, return_inverse=True)
-        g_sum = torch.zeros(len(unique_ids), grad.shape[1], dtype=weights.dtype, device=weights.device)
-        g_sum.index_add_(0, inverse, grad.to(weights.dtype))
+        # Duplicate ids are summed without torch.unique, whose data-dependent output size costs a host sync on CUDA:
+        # a stable sort keeps each id's rows in batch order (so the sums add in the same order as an index_add over
+        # the batch), and every row of a run of equal ids is numbered with that run's index.
+        sorted_ids, order = torch.sort(ids, stable=True)
+        new_run = torch.ones_like(sorted_ids, dtype=torch.bool)
+        new_run[1:] = sorted_ids[1:] != sorted_ids[:-1]
+        run = torch.cumsum(new_run, 0) - 1
+        g_sum = torch.zeros(len(ids), grad.shape[1], dtype=weights.dtype, device=weights.device)
+        g_sum.index_add_(0, run, grad[order].to(weights.dtype))
 
-        rows = weights[unique_ids]
-        rows.mul_(1.0 - group["lr"] * group["weight_decay"]).add_(torch.sign(g_sum), alpha=-group["lr"])
-        weights[unique_ids] = rows
+        # Rows of the same id compute the same new value, so writing all of them is the same as writing one.
+        rows = weights[sorted_ids]
+        rows.mul_(1.0 - group["lr"] * group["weight_decay"]).add_(torch.sign(g_sum[run]), alpha=-group["lr"])
+        weights[sorted_ids] = rows
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:

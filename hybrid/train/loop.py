@@ -204,6 +204,9 @@ class Trainer:
         self._sync_dense_grads()
 
         metric_sums = dict(metric_sums, loss=loss.detach())
+        # The step's one host sync, kept on purpose: the loss must be known finite before the optimiser step, so a
+        # diverged run stops with its weights and checkpoints untouched. Masking the updates on device instead would
+        # save it only in a step with no other sync; on CUDA the forward has more (bench/README.md lists them).
         totals = reduce_sums(metric_sums, self.device)
         self.step += 1
         if not math.isfinite(totals["loss"]):

@@ -84,7 +84,7 @@ def main(argv: list[str]) -> None:
         raise UserError(f"training.global_batch_size={batch} is larger than the {len(task.train)} training examples")
     set_seed(cfg.run.seed)
     try:
-        backbone, tokenizer = load_backbone(m.backbone_name_or_path)
+        backbone, tokenizer = load_backbone(m.backbone_name_or_path, dtype=getattr(torch, cfg.backbone_dtype))
     except BackboneNotFoundError as err:
         raise UserError(str(err)) from None
     model = hybrid_model_for(m, backbone=backbone)

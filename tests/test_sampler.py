@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from hybrid.data.format import DatasetMetadata, GridDataset, read_split
-from hybrid.data.sampler import IGNORE_LABEL, TrainSampler, eval_batches, global_batch_plan
+from hybrid.core.losses import IGNORE_LABEL_ID
+from hybrid.data.sampler import TrainSampler, eval_batches, global_batch_plan
 
 
 def _dataset(puzzle_sizes_per_group: list[list[int]]) -> GridDataset:
@@ -89,7 +90,7 @@ def test_state_restore_gives_the_same_next_batches():
 def test_labels_ignore_mapping_and_identifiers():
     ds = _dataset([[1], [2]] * 4)
     batch = next(iter(TrainSampler(ds, global_batch_size=4)))
-    assert torch.all(batch["labels"][:, 0] == IGNORE_LABEL) and torch.all(batch["labels"][:, 1:] > 0)
+    assert torch.all(batch["labels"][:, 0] == IGNORE_LABEL_ID) and torch.all(batch["labels"][:, 1:] > 0)
     rows = batch["inputs"][:, 0].numpy() - 1
     puzzle_of_row = np.searchsorted(ds.puzzle_indices, rows, side="right") - 1
     np.testing.assert_array_equal(batch["puzzle_identifiers"].numpy(), ds.puzzle_identifiers[puzzle_of_row])
@@ -102,7 +103,7 @@ def test_eval_batches_are_sequential_and_padded():
         for batch, mask in eval_batches(ds, global_batch_size=4, rank=rank, world_size=2):
             assert batch["inputs"].shape == (2, 3)
             seen.extend(batch["inputs"][mask, 0].tolist())
-            assert torch.all(batch["inputs"][~mask] == 0) and torch.all(batch["labels"][~mask] == IGNORE_LABEL)
+            assert torch.all(batch["inputs"][~mask] == 0) and torch.all(batch["labels"][~mask] == IGNORE_LABEL_ID)
             assert torch.all(batch["puzzle_identifiers"][~mask] == 0)
     assert sorted(seen) == list(range(1, 7))
 

@@ -133,3 +133,20 @@ def test_lora_run_through_the_recipe_keeps_the_adapter(tmp_path, bert):
     saved = load_file(out / "checkpoints" / "step_00000002" / "model.safetensors")
     adapters = [k for k in saved if "lora_" in k]
     assert adapters and not [k for k in saved if ".backbone." in k and "lora_" not in k]
+
+
+def test_frozen_backbone_runs_in_bfloat16_when_asked(tmp_path, bert, monkeypatch):
+    seen = []
+    real = train_hybrid.load_backbone
+
+    def spy(name, *, dtype=None):
+        seen.append(dtype)
+        return real(name, dtype=dtype)
+
+    monkeypatch.setattr(train_hybrid, "load_backbone", spy)
+    out = tmp_path / "run"
+    train_hybrid.main(overrides(bert, out, steps=2, **{"backbone_dtype": "bfloat16", "training.lr_warmup_steps": 1}))
+    assert seen == [torch.bfloat16] and (out / "results.json").is_file()
+    with pytest.raises(ConfigError, match="backbone_dtype applies to a frozen backbone"):
+        train_hybrid.main(overrides(bert, tmp_path / "lora", **{"backbone_dtype": "bfloat16", "model.lora_r": 4,
+                                                                  "feature_cache": "none"}))

@@ -171,3 +171,20 @@ def test_checkpoint_of_another_architecture_is_rejected(tmp_path, sudoku4):
     with pytest.raises(UserError, match="does not match this model's architecture.*shape mismatches"):
         train_pure.main(["--config", str(path), "training.lr_warmup_steps=1", "run.resume=auto",
                          "arch.hidden_size=64", "arch.puzzle_emb_ndim=64"])
+
+
+def test_training_evaluation_with_early_exit(tmp_path, sudoku4):
+    """eval.exit_threshold / eval.exit_patience: the loop's evaluation lets examples leave the batch early."""
+    path, out = config(tmp_path, sudoku4, steps=6)
+    train_pure.main(["--config", str(path), "eval.exit_patience=1", "eval.halt_max_steps=8"])
+    final = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert final["split"] == "eval" and final["halted_early"] > 0 and final["steps"] < 8
+
+
+@pytest.mark.slow
+def test_compiled_step_trains_like_the_eager_one(tmp_path, sudoku4):
+    eager_cfg, eager = config(tmp_path, sudoku4, "eager", steps=6)
+    train_pure.main(["--config", str(eager_cfg)])
+    compiled_cfg, compiled = config(tmp_path, sudoku4, "compiled", steps=6)
+    train_pure.main(["--config", str(compiled_cfg), "run.compile=true"])
+    np.testing.assert_allclose(train_losses(compiled), train_losses(eager), rtol=1e-4)

@@ -126,7 +126,7 @@ class ACT(nn.Module):
         """Exploration (Errata 1): redrawn every call; 0 w.p. 1 - p, else UniformInt{2..halt_max_steps}."""
         explore = torch.rand(batch_size, generator=self.generator) < self.halt_exploration_prob
         min_steps = torch.randint(2, halt_max_steps + 1, (batch_size,), generator=self.generator, dtype=torch.int32)
-        return (explore * min_steps).to(device)
+        return (explore * min_steps).to(device, non_blocking=True)
 
     def forward(
         self, carry: ACTCarry, batch: Batch, *, halt_max_steps: int | None = None, **step_kwargs

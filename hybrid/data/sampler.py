@@ -19,9 +19,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from hybrid.core.losses import IGNORE_LABEL_ID
 from hybrid.data.format import GridDataset
 
-IGNORE_LABEL = -100
 
 
 def _local_batch_size(global_batch_size: int, world_size: int, rank: int) -> int:
@@ -36,7 +36,7 @@ def _to_batch(ds: GridDataset, example_ids: np.ndarray, puzzle_ids: np.ndarray) 
     inputs = torch.from_numpy(np.asarray(ds.inputs[example_ids], dtype=np.int64))
     labels = torch.from_numpy(np.asarray(ds.labels[example_ids], dtype=np.int64))
     if ds.metadata.ignore_label_id is not None:
-        labels[labels == ds.metadata.ignore_label_id] = IGNORE_LABEL
+        labels[labels == ds.metadata.ignore_label_id] = IGNORE_LABEL_ID
     identifiers = torch.from_numpy(ds.puzzle_identifiers[puzzle_ids].astype(np.int64))
     return {"inputs": inputs, "labels": labels, "puzzle_identifiers": identifiers}
 
@@ -147,7 +147,7 @@ def eval_batches(
         if real < local:
             pad = local - real
             batch["inputs"] = torch.cat([batch["inputs"], torch.full((pad, meta.seq_len), meta.pad_id)])
-            batch["labels"] = torch.cat([batch["labels"], torch.full((pad, meta.seq_len), IGNORE_LABEL)])
+            batch["labels"] = torch.cat([batch["labels"], torch.full((pad, meta.seq_len), IGNORE_LABEL_ID)])
             batch["puzzle_identifiers"] = torch.cat(
                 [batch["puzzle_identifiers"], torch.full((pad,), meta.blank_identifier_id)]
             )

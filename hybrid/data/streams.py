@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hybrid.core.losses import IGNORE_LABEL_ID
+
 Collate = Callable[[list[dict]], dict[str, Tensor]]
 
 
@@ -114,5 +116,5 @@ def padded_batches(
         real = torch.tensor([r < len(dataset) for r in rows])
         batch = collate([dataset[int(order[r])] if r < len(dataset) else dataset[0] for r in rows])
         labels = batch["labels"]
-        batch["labels"] = torch.where(real.view((-1,) + (1,) * (labels.ndim - 1)), labels, -100)
+        batch["labels"] = torch.where(real.view((-1,) + (1,) * (labels.ndim - 1)), labels, IGNORE_LABEL_ID)
         yield batch, real

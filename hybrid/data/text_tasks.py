@@ -19,9 +19,9 @@ from datasets import Dataset, load_dataset
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from hybrid.core.losses import IGNORE_LABEL_ID
 from hybrid.data.sudoku import BOXES, generate_puzzles
 
-IGNORE_LABEL_ID = -100
 LEVELS = ("token", "sequence")
 
 
@@ -363,7 +363,6 @@ class TextCollator:
 
 
 __all__ = [
-    "IGNORE_LABEL_ID",
     "LabelMap",
     "TextCollator",
     "align_word_labels",

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from hybrid.config import save_config
 from hybrid.core.act import ACT, ACTCarry
 from hybrid.core.losses import ACTLoss
+from hybrid.core.rollout import ExitRules
 from hybrid.eval.loop import evaluate, normalise, reduce_sums
 from hybrid.optim import EMA, AdamATan2, SparseSignSGD, lr_at
 from hybrid.checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_aside, set_rng_state
@@ -127,6 +128,8 @@ class Trainer:
 
         self.reasoner = parts.reasoner.to(self.device)
         self.act_loss = ACTLoss(parts.act, loss_type=parts.loss_type).to(self.device)
+        # The compiled module shares its parameters and the ACT generator with act_loss: checkpoints are unchanged.
+        self.step_forward = torch.compile(self.act_loss, dynamic=False) if run.compile else self.act_loss
         check_schedule(optim, parts.total_steps)
         self.dense = [p for p in self.reasoner.parameters() if p.requires_grad]
         if not self.dense:
@@ -199,7 +202,7 @@ class Trainer:
         self.act_loss.train()
         if self.carry is None:
             self.carry = self.act_loss.initial_carry(batch)
-        self.carry, loss, metric_sums, _, _ = self.act_loss(self.carry, batch)
+        self.carry, loss, metric_sums, _, _ = self.step_forward(self.carry, batch)
         (loss / self.parts.global_batch_size).backward()
         self._sync_dense_grads()
 
@@ -234,6 +237,7 @@ class Trainer:
                 self.act_loss,
                 self.parts.eval_batches(),
                 halt_max_steps=self.eval_cfg.halt_max_steps or self.parts.act.halt_max_steps,
+                exit=ExitRules(q_halt_threshold=self.eval_cfg.exit_threshold, patience=self.eval_cfg.exit_patience),
                 device=self.device,
                 evaluators=self.parts.evaluators(),
                 max_examples=self.eval_cfg.max_examples,

@@ -1,4 +1,5 @@
-"""Sudoku data: Sudoku-Extreme (spec 3.2) and a generator of n x n puzzles with rectangular boxes.
+"""Sudoku data: Sudoku-Extreme (official dataset/build_sudoku_dataset.py) and a generator of n x n puzzles with
+rectangular boxes.
 
 Boards are int arrays of n*n cells, 0 = blank, 1..n = digits. On disk a cell is stored as value + 1 (1 = blank,
 2..n+1 = digits, 0 = pad), vocab n + 2, all puzzle identifiers 0, every cell supervised (ignore id 0 never occurs).
@@ -111,9 +112,9 @@ def _random_line_perms(rng: np.random.Generator, count: int, box: int) -> np.nda
 
 
 def augment(board: np.ndarray, solution: np.ndarray, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """`count` random symmetric copies of one puzzle (spec 3.2): digit permutation, transpose with p = 0.5, band/row and
-    stack/column permutations; the transpose is applied first, then new[r, c] = old[row_perm[r], col_perm[c]], then the
-    digit map. Returns [count, n*n] puzzles and solutions."""
+    """`count` random symmetric copies of one puzzle (official build_sudoku_dataset.py, `shuffle_sudoku`): digit
+    permutation, transpose with p = 0.5, band/row and stack/column permutations; the transpose is applied first, then
+    new[r, c] = old[row_perm[r], col_perm[c]], then the digit map. Returns [count, n*n] puzzles and solutions."""
     n = int(round(np.sqrt(board.size)))
     box = int(round(np.sqrt(n)))
     digit_map = np.concatenate(
@@ -209,7 +210,7 @@ def write_sudoku_split(root: Path, split: str, groups: list[tuple[np.ndarray, np
             num_puzzle_identifiers=1,
             total_groups=len(groups),
             mean_puzzle_examples=1.0,
-            total_puzzles=len(groups),  # the official Sudoku builder stores the group count here (Errata 8)
+            total_puzzles=len(groups),  # as official build_sudoku_dataset.py: the group count
             sets=["all"],
         ),
     )

@@ -399,7 +399,8 @@ def test_research_recipes_reject_data_of_another_shape(tmp_path, sudoku4, capfd,
     monkeypatch.setattr(sweep, "depth_sweep", never)
     monkeypatch.setattr(trace, "record_trace", never)
     out = tmp_path / "out"
-    four = f"{sudoku4}/test/dataset.json has seq_len=16, vocab_size=6; the model was trained with seq_len=36, vocab_size=8"
+    four = f"{sudoku4}/test/dataset.json has seq_len=16, vocab_size=6; the model was trained with seq_len=36, " \
+        "vocab_size=8"
     expect_user_error(sweep.main, ["--checkpoint", str(run), "--data", str(sudoku4), "--out", str(out)], capfd,
                       re.escape(four))
     expect_user_error(trace.main, ["--checkpoint", str(run), "--data", str(sudoku4), "--kind", "sudoku",

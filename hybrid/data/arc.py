@@ -109,7 +109,8 @@ def augment(grid: np.ndarray, t: int, perm: np.ndarray) -> np.ndarray:
 
 
 def undo_augment(grid: np.ndarray, t: int, perm: np.ndarray) -> np.ndarray:
-    """Inverse of `augment`: inverse dihedral first, then inverse colour map (official build_arc_dataset.py, `inverse_aug`)."""
+    """Inverse of `augment`: inverse dihedral first, then inverse colour map (official build_arc_dataset.py,
+    `inverse_aug`)."""
     return inverse_colour(np.ascontiguousarray(inverse_dihedral(grid, t)), perm)
 
 

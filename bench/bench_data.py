@@ -21,16 +21,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_task(args: argparse.Namespace) -> None:
-    from hybrid.data import sudoku
+    from hybrid.data import sudoku, sudoku_extreme
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         parser = argparse.ArgumentParser()
         if args.task == "sudoku-aug":
             data = Path(os.environ.get("HYBRID_DATA_DIR", REPO.parent / "shared" / "data"))
-            sudoku.add_cli_arguments(parser)
+            sudoku_extreme.add_cli_arguments(parser)
             argv = ["--train-file", str(data / "sudoku-extreme/real-train-1k/train.csv"), "--num-aug", "1000"]
-            build, items = sudoku.build_from_args, "rows"
+            build, items = sudoku_extreme.build_from_args, "rows"
             count = 1000 * 1001
         else:
             sudoku.add_gen_cli_arguments(parser)

@@ -16,7 +16,7 @@ from hybrid.utils import UserError, run_main
 
 # sub-command -> (module, function adding its flags, function building from the parsed flags)
 COMMANDS = {
-    "sudoku": ("hybrid.data.sudoku", "add_cli_arguments", "build_from_args"),
+    "sudoku": ("hybrid.data.sudoku_extreme", "add_cli_arguments", "build_from_args"),
     "sudoku-gen": ("hybrid.data.sudoku", "add_gen_cli_arguments", "build_gen_from_args"),
     "maze": ("hybrid.data.maze", "add_cli_arguments", "build_from_args"),
     "maze-gen": ("hybrid.data.maze", "add_gen_cli_arguments", "build_gen_from_args"),

@@ -25,7 +25,7 @@ import torch
 from hybrid.eval.compute import cycle_counts
 from hybrid.eval.depth import adaptive_evaluate, depth_sweep
 from hybrid.eval.plots import plot_adaptive, plot_sweep
-from hybrid.eval.research import load_research_model, research_batches
+from hybrid.eval.research import check_grid_data, load_research_model, research_batches
 from hybrid.utils import UserError, get_logger, run_main
 
 log = get_logger("hybrid.depth_sweep")
@@ -66,6 +66,7 @@ def main(argv: list[str]) -> None:
         raise UserError(f"--data {args.data} is not a folder")
     rank, world = init_processes()
     model = load_research_model(args.checkpoint)
+    check_grid_data(model, args.data, args.split)
     if args.batch_size % world:
         raise UserError(f"--batch-size {args.batch_size} is not divisible by {world} processes")
 

@@ -20,6 +20,7 @@ from hybrid.core.losses import ACTLoss
 from hybrid.data.format import DatasetFormatError, read_split
 from hybrid.data.sampler import eval_batches
 from hybrid.eval.loop import evaluate
+from hybrid.eval.research import check_data_shape
 from hybrid.restore import load_pure_run
 from hybrid.utils import UserError, run_main
 
@@ -55,12 +56,8 @@ def main(argv: list[str]) -> None:
         test = read_split(data, "test")
     except (DatasetFormatError, FileNotFoundError) as err:
         raise UserError(f"--data {data}: {err}") from None
-    meta, arch = test.metadata, run.arch
-    if (meta.seq_len, meta.vocab_size) != (arch.seq_len, arch.vocab_size):
-        raise UserError(
-            f"{data} has seq_len={meta.seq_len}, vocab_size={meta.vocab_size}; the model was trained with "
-            f"seq_len={arch.seq_len}, vocab_size={arch.vocab_size}"
-        )
+    arch = run.arch
+    check_data_shape(test.metadata, arch, data / "test" / "dataset.json")
     batch = args.batch_size or run.config["training"]["global_batch_size"]
     if batch % state.num_processes:
         raise UserError(f"batch size {batch} is not divisible by {state.num_processes} processes; pass --batch-size")

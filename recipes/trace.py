@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from hybrid.eval.research import load_research_model, research_batches
+from hybrid.eval.research import check_grid_data, load_research_model, research_batches
 from hybrid.eval.pictures import KINDS
 from hybrid.eval.traces import (
     plot_changes,
@@ -90,6 +90,7 @@ def main(argv: list[str]) -> None:
     model = load_research_model(args.checkpoint)
     if model.kind == "pure" and args.kind is None:
         raise UserError(f"--kind ({', '.join(KINDS)}) is needed to draw the grids of a pure model")
+    check_grid_data(model, args.data, args.split, args.kind)
     steps = args.steps or model.trained_steps
     cycles = {k: v for k, v in (("H_cycles", args.H_cycles), ("L_cycles", args.L_cycles)) if v is not None}
     tokenizer = load_tokenizer(model) if model.kind == "hybrid" else None

@@ -126,7 +126,7 @@ def test_augmentation_plans_are_distinct_and_capped_for_single_colour_tasks():
     assert len(plans) == 21 and plans[0][0] == 0 and plans[0][1].tolist() == list(range(10))
     hashes = {pairs_hash([(augment(x, t, p), augment(y, t, p)) for x, y in pairs]) for t, p in plans}
     assert len(hashes) == 21
-    # One colour, no symmetry: 9 recolourings x 8 transforms = 72 variants at most (Errata 7).
+    # One colour, no symmetry: 9 recolourings x 8 transforms = 72 variants at most.
     single = [(np.array([[1, 0, 0], [1, 1, 0]], np.uint8), np.array([[1, 0]], np.uint8))]
     plans = augmentation_plans(single, 100, np.random.default_rng(3))
     assert 1 < len(plans) <= 72
@@ -295,7 +295,7 @@ def test_existing_output_needs_overwrite(small_arc, tmp_path):
 
 # --- the real data ---------------------------------------------------------------------------------------------------
 
-PUBLISHED_COUNTS = {  # spec 3.4: tasks, demonstration pairs, test pairs
+PUBLISHED_COUNTS = {  # counted from the official Kaggle files: tasks, demonstration pairs, test pairs
     "training": (400, 1302, 416),
     "evaluation": (400, 1363, 419),
     "concept": (160, 427, 480),

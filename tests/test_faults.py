@@ -375,3 +375,43 @@ def test_trace_takes_the_tokenizer_from_the_model_folder_offline(tmp_path):
     AutoTokenizer.from_pretrained(backbone).save_pretrained(model_dir)
     tokenizer = load_tokenizer(research_model)
     assert tokenizer.convert_ids_to_tokens(tokenizer("the cat")["input_ids"])[1:-1] == ["the", "cat"]
+
+
+def test_research_recipes_reject_data_of_another_shape(tmp_path, sudoku4, capfd, monkeypatch):
+    """depth_sweep and trace compare the data's dataset.json with the model, and trace also with --kind, before any
+    model runs and before --out is written."""
+    from hybrid.data.format import atomic_output_dir, write_identifiers
+    from hybrid.data.sudoku import generate_puzzles, write_sudoku_split
+
+    six = tmp_path / "sudoku6"
+    q, a = generate_puzzles(40, box_rows=2, box_cols=3, givens=20, seed=0, desc=None)
+    with atomic_output_dir(six) as out:
+        write_sudoku_split(out, "train", [(x[None], y[None]) for x, y in zip(q[:32], a[:32])], 6)
+        write_sudoku_split(out, "test", [(x[None], y[None]) for x, y in zip(q[32:], a[32:])], 6)
+        write_identifiers(out, ["<blank>"])
+    cfg, run = config(tmp_path, six, steps=2)
+    train_pure.main(["--config", str(cfg), "training.lr_warmup_steps=1"])
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model ran before the data was checked")
+
+    sweep, trace = load_recipe("depth_sweep"), load_recipe("trace")
+    monkeypatch.setattr(sweep, "depth_sweep", never)
+    monkeypatch.setattr(trace, "record_trace", never)
+    out = tmp_path / "out"
+    four = f"{sudoku4}/test/dataset.json has seq_len=16, vocab_size=6; the model was trained with seq_len=36, " \
+        "vocab_size=8"
+    expect_user_error(sweep.main, ["--checkpoint", str(run), "--data", str(sudoku4), "--out", str(out)], capfd,
+                      re.escape(four))
+    expect_user_error(trace.main, ["--checkpoint", str(run), "--data", str(sudoku4), "--kind", "sudoku",
+                                   "--out", str(out)], capfd, re.escape(four))
+    for kind, expected in (("maze", "a square seq_len, vocab_size=6"), ("arc", "seq_len=900, vocab_size=12")):
+        message = f"--kind {kind} draws grids with {expected}; {six}/test/dataset.json has seq_len=36, vocab_size=8"
+        expect_user_error(trace.main, ["--checkpoint", str(run), "--data", str(six), "--kind", kind, "--out", str(out)],
+                          capfd, re.escape(message))
+    assert not out.exists()
+
+    monkeypatch.undo()  # the matching kind passes the check and traces
+    load_recipe("trace").main(["--checkpoint", str(run), "--data", str(six), "--kind", "sudoku", "--examples", "0",
+                               "--steps", "1", "--out", str(out)])
+    assert (out / "example_0.png").is_file()

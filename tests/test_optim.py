@@ -1,4 +1,5 @@
-"""Optimisers against hand-written reference formulas (spec 2.3, 2.5, 2.6), in float64 with Python `math`."""
+"""Optimisers against hand-written reference formulas (adam-atan2's update, official
+sparse_embedding.py, pretrain.py `cosine_schedule_with_warmup_lr_lambda`, ema.py), in float64 with Python `math`."""
 
 import io
 import math
@@ -16,7 +17,7 @@ B1, B2 = 0.9, 0.95
 
 
 def adam_atan2_reference(p0: float, grads: list[float], lrs: list[float], wd: float) -> float:
-    """The spec's per-element update, written out with scalars."""
+    """The adam-atan2 package's per-element update, written out with scalars."""
     p, m, v = p0, 0.0, 0.0
     for t, (g, lr) in enumerate(zip(grads, lrs), start=1):
         p = p * (1 - lr * wd)

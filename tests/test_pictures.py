@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from hybrid.data.arc import grid_to_tokens
-from hybrid.eval.pictures import as_grid, render_comparison, render_steps, wrong_cells
+from hybrid.eval.pictures import as_grid, grid_sizes_expected, render_comparison, render_steps, wrong_cells
 
 
 def examples(kind):
@@ -82,3 +82,19 @@ def test_bad_input(tmp_path):
         render_comparison(x, y[:81], y, "arc", tmp_path / "a.png")
     with pytest.raises(ValueError, match="at least one frame"):
         render_steps([], y, "arc", tmp_path / "s.gif")
+
+
+# (seq_len, vocab_size) of Sudoku-Extreme, a 6x6 sudoku-gen board, Maze-Hard, a 9x9 maze-gen maze and ARC
+SIZES = {"sudoku": [(81, 11), (36, 8)], "maze": [(900, 6), (81, 6)], "arc": [(900, 12)]}
+
+
+def test_each_kind_accepts_its_own_data_sizes_only():
+    for kind in SIZES:
+        for other, sizes in SIZES.items():
+            for seq_len, vocab in sizes:
+                expected = grid_sizes_expected(kind, seq_len, vocab)
+                assert (expected is None) == (other == kind), (kind, seq_len, vocab)
+    assert grid_sizes_expected("maze", 80, 6) == "a square seq_len, vocab_size=6"
+    assert grid_sizes_expected("arc", 81, 11) == "seq_len=900, vocab_size=12"
+    with pytest.raises(ValueError, match="kind must be one of"):
+        grid_sizes_expected("chess", 81, 11)

@@ -5,16 +5,13 @@ import numpy as np
 import pytest
 
 from hybrid.data.format import read_split
-from hybrid.data.sudoku import (
-    BitmaskSolver,
+from hybrid.data.sudoku import BitmaskSolver, add_gen_cli_arguments, build_gen_from_args, generate_puzzle
+from hybrid.data.sudoku_extreme import (
     add_cli_arguments,
-    add_gen_cli_arguments,
     augment,
     build_from_args,
-    build_gen_from_args,
     build_tdoku_test,
     equivalent,
-    generate_puzzle,
     read_sudoku_csv,
     select_rows,
 )

@@ -1,4 +1,5 @@
-"""Deep supervision with adaptive halting: the persistent slot batch of the official code (spec 2.1, Errata 1-2).
+"""Deep supervision with adaptive halting: the persistent slot batch of the official code
+(trm.py / hrm.py, `*_ACTV1.forward`; pretrain.py, `train_batch`), not the per-minibatch loop the papers describe.
 
 A training carry is created once and lives across loader passes: every call advances each slot by one supervision
 step, and only slots that halted on the previous call are reset and refilled with the new batch's rows (the new rows
@@ -123,7 +124,8 @@ class ACT(nn.Module):
         return refilled
 
     def _draw_min_steps(self, batch_size: int, halt_max_steps: int, device: torch.device) -> Tensor:
-        """Exploration (Errata 1): redrawn every call; 0 w.p. 1 - p, else UniformInt{2..halt_max_steps}."""
+        """Exploration, as the official `*_ACTV1.forward`: redrawn every call, not once per episode; 0 w.p. 1 - p,
+        else UniformInt{2..halt_max_steps}."""
         explore = torch.rand(batch_size, generator=self.generator) < self.halt_exploration_prob
         min_steps = torch.randint(2, halt_max_steps + 1, (batch_size,), generator=self.generator, dtype=torch.int32)
         return (explore * min_steps).to(device, non_blocking=True)
@@ -159,7 +161,8 @@ class ACT(nn.Module):
                 halted = halted | signal
                 halted = halted & (steps >= self._draw_min_steps(steps.shape[0], max_steps, steps.device))
                 if self.compute_target_q:
-                    # HRM: bootstrap the continue value from the next step of the same slots (spec 2.1 step 5).
+                    # HRM: bootstrap the continue value from the next step of the same slots (official hrm.py,
+                    # `HierarchicalReasoningModel_ACTV1.forward`).
                     nxt = self.reasoner(out.carry, data, **step_kwargs)
                     next_value = torch.where(
                         is_last, nxt.q_halt_logits, torch.maximum(nxt.q_halt_logits, nxt.q_continue_logits)

@@ -1,4 +1,5 @@
-"""Losses and metrics of deep supervision (spec 2.2, Errata 4-5).
+"""Losses and metrics of deep supervision (official losses.py, `ACTLossHead`; its softmax path, which
+crashes in the TRM repo, works here).
 
 Everything here is a *sum* over slots: the training loop divides the loss by the global batch, and divides metrics by
 `count` (the slots that halted this step and have at least one label).
@@ -81,7 +82,7 @@ def correctness(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]
     mask = labels != IGNORE_LABEL_ID
     counts = mask.sum(-1)
     is_correct = mask & (logits.argmax(-1) == labels)
-    # A row with no labels counts as correct for the halting target (spec 2.2 edge case).
+    # A row with no labels counts as correct for the halting target, as in official `ACTLossHead`.
     return is_correct, is_correct.sum(-1) == counts, counts
 
 

@@ -40,7 +40,7 @@ class _RecursiveCore(nn.Module):
         self.hidden_size = hidden_size
         self.rotary = rotary
         for name in self.init_names:
-            # Sampled directly in the forward dtype, as the official code does (spec 1.4).
+            # Sampled directly in the forward dtype, as official trm.py does for `H_init` / `L_init`.
             init = trunc_normal_init_(torch.empty(hidden_size, dtype=forward_dtype), std=1.0)
             self.register_buffer(name, init, persistent=True)
 
@@ -79,7 +79,8 @@ class _RecursiveCore(nn.Module):
 
 
 class TRMCore(_RecursiveCore):
-    """TRM (spec 1.6): one network for both updates; T-1 cycles without gradient, then one cycle with gradient.
+    """TRM (official trm.py, `TinyRecursiveReasoningModel_ACTV1_Inner.forward`): one network for both updates; T-1
+    cycles without gradient, then one cycle with gradient.
 
     A cycle is n updates z_L <- f(z_L, z_H + x) followed by one z_H <- f(z_H, z_L).
     """
@@ -111,7 +112,8 @@ class TRMCore(_RecursiveCore):
 
 
 class HRMCore(_RecursiveCore):
-    """HRM (spec 1.7): separate L and H networks; the "1-step gradient" flows only through the last L and H calls.
+    """HRM (official hrm.py, `HierarchicalReasoningModel_ACTV1_Inner.forward`): separate L and H networks; the
+    "1-step gradient" flows only through the last L and H calls.
 
     Without gradient: T cycles of n L-updates and one H-update, minus the last L-update and the last H-update, which
     then run with gradient. For T = n = 2 the order is L, L, H, L (no grad), L, H (grad).
@@ -144,7 +146,7 @@ class HRMCore(_RecursiveCore):
 
 
 class SingleZCore(_RecursiveCore):
-    """TRM's single-latent ablation (trm_singlez, spec 1.6): only z is carried.
+    """TRM's single-latent ablation (official trm_singlez.py): only z is carried.
 
     A cycle is n updates z <- f(z + x) followed by one z <- f(z); T-1 cycles without gradient, the last with it.
     """

@@ -1,4 +1,4 @@
-"""ARC-AGI-1, ARC-AGI-2 and ConceptARC as grid datasets (spec 3.4, 3.5; Errata 6, 7, 8, 12).
+"""ARC-AGI-1, ARC-AGI-2 and ConceptARC as grid datasets, as official TRM dataset/build_arc_dataset.py builds them.
 
 Reads the Kaggle layout `<prefix>_<subset>_challenges.json` / `<prefix>_<subset>_solutions.json`. Every task becomes
 one group per split it appears in; the group's puzzles are the original task plus up to `num_aug` distinct variants
@@ -29,10 +29,11 @@ SEQ_LEN = MAX_GRID * MAX_GRID
 PAD, EOS, COLOUR_OFFSET = 0, 1, 2
 VOCAB_SIZE = COLOUR_OFFSET + 10
 NUM_DIHEDRAL = 8
-AUGMENT_RETRIES_FACTOR = 5  # tries per wanted variant before giving up on a low-colour task (Errata 7)
+AUGMENT_RETRIES_FACTOR = 5  # tries per wanted variant before giving up on a low-colour task, as the official builder
 VARIANT_SEPARATOR = "|||"
 
-# Inverse of each dihedral transform t0..t7 in numpy's rot90 (counter-clockwise) convention (Errata 6).
+# Inverse of each dihedral transform t0..t7 in numpy's rot90 (counter-clockwise) convention (official
+# dataset/common.py, `dihedral_transform` / `inverse_dihedral_transform`).
 DIHEDRAL_INVERSE = (0, 3, 2, 1, 4, 5, 6, 7)
 
 
@@ -108,7 +109,8 @@ def augment(grid: np.ndarray, t: int, perm: np.ndarray) -> np.ndarray:
 
 
 def undo_augment(grid: np.ndarray, t: int, perm: np.ndarray) -> np.ndarray:
-    """Inverse of `augment`: inverse dihedral first, then inverse colour map (spec 3.6)."""
+    """Inverse of `augment`: inverse dihedral first, then inverse colour map (official build_arc_dataset.py,
+    `inverse_aug`)."""
     return inverse_colour(np.ascontiguousarray(inverse_dihedral(grid, t)), perm)
 
 
@@ -182,7 +184,7 @@ def write_grid(canvas: np.ndarray, grid: np.ndarray, row: int, col: int) -> None
 
 
 def grid_to_tokens(grid: np.ndarray, *, row: int = 0, col: int = 0) -> np.ndarray:
-    """A colour grid as the flat 900-token canvas (spec 3.4)."""
+    """A colour grid as the flat 900-token canvas (official build_arc_dataset.py)."""
     h, w = grid.shape
     if row < 0 or col < 0 or row + h > MAX_GRID or col + w > MAX_GRID:
         raise ValueError(f"a {h}x{w} grid at offset ({row}, {col}) does not fit the {MAX_GRID}x{MAX_GRID} canvas")
@@ -192,10 +194,11 @@ def grid_to_tokens(grid: np.ndarray, *, row: int = 0, col: int = 0) -> np.ndarra
 
 
 def crop(tokens: np.ndarray) -> np.ndarray:
-    """The colour grid of a predicted canvas: the largest all-colour rectangle anchored at the top-left (spec 3.6).
+    """The colour grid of a predicted canvas: the largest all-colour rectangle anchored at the top-left (official
+    evaluators/arc.py, `_crop`).
 
     Rows are scanned top to bottom; the allowed width shrinks to the first non-colour cell seen so far. On equal area
-    the first rectangle found (fewer rows) wins (Errata 12)."""
+    the first rectangle found (fewer rows) wins, as in the official code."""
     canvas = np.asarray(tokens).reshape(MAX_GRID, MAX_GRID)
     is_colour = (canvas >= COLOUR_OFFSET) & (canvas < VOCAB_SIZE)
     first_invalid = np.where(is_colour.all(axis=1), MAX_GRID, np.argmin(is_colour, axis=1))
@@ -305,7 +308,7 @@ def _encode_split(
     for g in tqdm(groups, desc="encode", disable=not progress, leave=False):
         for t, perm in g.plans:
             puzzle_identifiers.append(ids.setdefault(variant_name(g.task_id, t, perm), len(ids) + 1))
-            # One example of each translated puzzle stays at the origin (spec 3.4).
+            # One example of each translated puzzle stays at the origin (official build_arc_dataset.py).
             anchored = int(rng.integers(0, len(g.pairs))) if translate else -1
             for i, (x, y) in enumerate(g.pairs):
                 x, y = augment(x, t, perm), augment(y, t, perm)

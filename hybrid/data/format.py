@@ -1,4 +1,5 @@
-"""The official TRM/HRM on-disk grid dataset format (spec 3.1), read and written.
+"""The official TRM/HRM on-disk grid dataset format (official dataset/common.py, `PuzzleDatasetMetadata`),
+read and written.
 
     <root>/identifiers.json                     list of puzzle-id names, index 0 = "<blank>"
     <root>/<split>/dataset.json                 DatasetMetadata
@@ -49,7 +50,7 @@ class DatasetMetadata:
     num_puzzle_identifiers: int
     total_groups: int
     mean_puzzle_examples: float
-    # Required by TRM's loader; HRM-built folders lack it (spec Errata 8) and are rejected with a message saying so.
+    # Required by TRM's loader (official puzzle_dataset.py); HRM-built folders lack it and are rejected with a message.
     total_puzzles: int
     sets: list[str]
 

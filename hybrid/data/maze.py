@@ -1,4 +1,4 @@
-"""Maze data: Maze-Hard 30x30 (spec 3.3) and a generator of k x k mazes.
+"""Maze data: Maze-Hard 30x30 (official dataset/build_maze_dataset.py) and a generator of k x k mazes.
 
 A maze is a k x k grid of characters "# SGo" (wall, open, start, goal, path) stored as ids 1..5 (0 = pad), vocab 6,
 all puzzle identifiers 0. The label is the input with one shortest start-goal path drawn in `o`.
@@ -144,7 +144,7 @@ def write_maze_split(root: Path, split: str, inputs: np.ndarray, labels: np.ndar
             num_puzzle_identifiers=1,
             total_groups=groups,
             mean_puzzle_examples=1.0,
-            total_puzzles=groups,  # the official Maze builder stores the group count here (Errata 8)
+            total_puzzles=groups,  # as official build_maze_dataset.py: the group count
             sets=["all"],
         ),
     )

@@ -1,4 +1,4 @@
-"""Training and evaluation batch iterators over a GridDataset (spec 2.7).
+"""Training and evaluation batch iterators over a GridDataset (official puzzle_dataset.py, `PuzzleDataset`).
 
 Training batches follow the official composition: walk a random order of the groups; per group draw one random
 variant (puzzle) and append all its examples in random order; pack into a fixed global batch, truncating the last
@@ -6,10 +6,10 @@ puzzle to fit; drop the ragged last batch. One call of `__iter__` is one officia
 (`epochs_per_iter` passes over the groups), and the iteration counter starts at 1 as in the official code.
 
 Group order and variant choice use the official Philox(seed + iteration) stream, so they match the official loader
-draw for draw. The official code takes the example order inside a puzzle from the rank-seeded worker RNG, so ranks
-can disagree about a multi-example puzzle that straddles a rank boundary (spec Errata 3). Here that order comes from a
-second generator keyed by (seed, iteration) as well: every rank builds the identical global batch and keeps its slice
-[rank * local : (rank + 1) * local], so the slices always partition it.
+draw for draw. The official code (puzzle_dataset.py, `_sample_batch`) takes the example order inside a puzzle from the
+rank-seeded worker RNG, so ranks can disagree about a multi-example puzzle that straddles a rank boundary. Here that
+order comes from a second generator keyed by (seed, iteration) as well: every rank builds the identical global batch
+and keeps its slice [rank * local : (rank + 1) * local], so the slices always partition it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ARC scoring by voting over augmented copies (spec 3.6).
+"""ARC scoring by voting over augmented copies (official TRM evaluators/arc.py, `ARC`).
 
 Per test row: crop the argmax prediction and the input, undo the row's augmentation, identify the test input by the
 hash of its un-augmented grid, and cast one vote for the predicted grid carrying sigmoid(q_halt). Candidates of one

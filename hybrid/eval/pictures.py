@@ -10,6 +10,7 @@ Uses matplotlib's Agg canvas directly (no pyplot state, safe in headless trainin
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
+
+from hybrid.data.arc import SEQ_LEN as ARC_SEQ_LEN
 
 ARC_COLOURS = (
     "#000000",  # 0 black
@@ -40,6 +43,25 @@ PALETTES = {
 KINDS = tuple(PALETTES)
 WRONG_MARK = "#ff0000"  # pure red, unlike ARC colour 2 and the maze goal
 PANEL_INCHES = 3.0
+
+
+def grid_sizes_expected(kind: str, seq_len: int, vocab_size: int) -> str | None:
+    """None when a dataset of this seq_len and vocab_size holds `kind` grids, else the sizes `kind` needs. Sudoku
+    n x n: n*n cells and n + 2 tokens (pad, blank, n digits); maze: a square and its 6 tokens; ARC: the 30x30 canvas.
+    A 4x4 Sudoku and a 4x4 maze have the same sizes and pass either check."""
+    side = math.isqrt(seq_len)
+    square = side * side == seq_len
+    if kind == "sudoku":
+        fits, expected = square and vocab_size == side + 2, "seq_len=n*n, vocab_size=n+2 (9x9: 81, 11)"
+    elif kind == "maze":
+        vocab = len(PALETTES["maze"])
+        fits, expected = square and vocab_size == vocab, f"a square seq_len, vocab_size={vocab}"
+    elif kind == "arc":
+        vocab = len(PALETTES["arc"])
+        fits, expected = (seq_len, vocab_size) == (ARC_SEQ_LEN, vocab), f"seq_len={ARC_SEQ_LEN}, vocab_size={vocab}"
+    else:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return None if fits else expected
 
 
 def as_grid(tokens, kind: str) -> np.ndarray:

@@ -13,7 +13,10 @@ from torch import Tensor
 
 from hybrid.core.act import Batch
 from hybrid.core.losses import ACTLoss
+from hybrid.data.format import DatasetFormatError, DatasetMetadata, read_split
+from hybrid.models.pure import PureConfig
 from hybrid.restore import load_pure_run
+from hybrid.utils import UserError
 
 
 @dataclass
@@ -25,6 +28,7 @@ class ResearchModel:
     trained_steps: int  # halt_max_steps it was trained with
     source: Path
     hf_model: object = None  # hybrid: the Hugging Face model (its backbone and tokenizer decode traces)
+    arch: PureConfig | None = None  # pure: its architecture, with the dataset sizes it was trained on
 
 
 def load_research_model(path: str | Path) -> ResearchModel:
@@ -45,7 +49,36 @@ def load_research_model(path: str | Path) -> ResearchModel:
 
     run = load_pure_run(path)
     act_loss = ACTLoss(run.act, loss_type=run.arch.loss_type).eval()
-    return ResearchModel(act_loss, "pure", run.arch.halt_max_steps, run.checkpoint)
+    return ResearchModel(act_loss, "pure", run.arch.halt_max_steps, run.checkpoint, arch=run.arch)
+
+
+def check_data_shape(metadata: DatasetMetadata, arch: PureConfig, where: str | Path) -> None:
+    """A pure model reads grids of the seq_len and vocab_size it was trained on; `where` names the dataset.json."""
+    if (metadata.seq_len, metadata.vocab_size) != (arch.seq_len, arch.vocab_size):
+        raise UserError(
+            f"{where} has seq_len={metadata.seq_len}, vocab_size={metadata.vocab_size}; the model was trained with "
+            f"seq_len={arch.seq_len}, vocab_size={arch.vocab_size}"
+        )
+
+
+def check_grid_data(model: ResearchModel, data: str | Path, split: str, kind: str | None = None) -> None:
+    """Before any model runs: a pure model's `split` of `data` has the model's seq_len and vocab_size and, when a
+    picture `kind` is given, the sizes of that kind's grids. Hybrid models read tokenized text and are not checked."""
+    if model.kind != "pure":
+        return
+    meta_file = Path(data) / split / "dataset.json"
+    try:
+        metadata = DatasetMetadata.from_json(meta_file)
+    except DatasetFormatError as err:
+        raise UserError(str(err)) from None
+    check_data_shape(metadata, model.arch, meta_file)
+    if kind is not None:
+        from hybrid.eval.pictures import grid_sizes_expected
+
+        expected = grid_sizes_expected(kind, metadata.seq_len, metadata.vocab_size)
+        if expected:
+            raise UserError(f"--kind {kind} draws grids with {expected}; {meta_file} has seq_len={metadata.seq_len}, "
+                            f"vocab_size={metadata.vocab_size}")
 
 
 def research_batches(
@@ -64,7 +97,6 @@ def research_batches(
     if global_batch_size <= 0 or global_batch_size % world_size:
         raise ValueError(f"global_batch_size {global_batch_size} must be a positive multiple of world_size {world_size}")
     if model.kind == "pure":
-        from hybrid.data.format import read_split
         from hybrid.data.sampler import eval_batches
 
         yield from eval_batches(
@@ -108,4 +140,4 @@ def research_batches(
             yield batch, torch.ones(hi - lo, dtype=torch.bool)
 
 
-__all__ = ["ResearchModel", "load_research_model", "research_batches"]
+__all__ = ["ResearchModel", "check_data_shape", "check_grid_data", "load_research_model", "research_batches"]

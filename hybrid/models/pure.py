@@ -1,6 +1,7 @@
 """The pure grid model of the papers: embeddings -> recursive core (TRM, HRM or single-z) -> lm and Q heads.
 
-Field names of `PureConfig` are the official ones (spec 1.1, 8), so official configs map onto it directly.
+Field names of `PureConfig` are the official ones (official config/arch/trm.yaml and hrm.yaml, read by the model
+configs in official trm.py and hrm.py), so official configs map onto it directly.
 """
 
 import math

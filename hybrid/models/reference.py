@@ -1,4 +1,5 @@
-"""Loading official TRM / HRM checkpoints into `PureReasoner` (spec 2.9).
+"""Loading official TRM / HRM checkpoints into `PureReasoner` (official pretrain.py, `save_train_state` /
+`load_checkpoint`; HRM's evaluate.py).
 
 Official keys look like `_orig_mod.model.inner.L_level.layers.0.self_attn.qkv_proj.weight`; ours name the parts after
 the paper (`core.net.layers.0.attn.qkv.weight`). The tensors themselves need no reordering: both fuse [q; k; v] and

@@ -1,6 +1,6 @@
 """One training loop for every model in hybrid: pure TRM/HRM on grids and recursive heads on Hugging Face models.
 
-The loop follows the official TRM/HRM trainer (spec section 2):
+The loop follows the official TRM/HRM trainer (official pretrain.py: `train_batch`, `evaluate`):
 
 - a persistent ACT carry of `global_batch / world_size` slots per rank, advanced one supervision step per optimiser
   step; halted slots take the next batch's rows;
@@ -8,7 +8,8 @@ The loop follows the official TRM/HRM trainer (spec section 2):
   mean), the sparse puzzle-embedding update all-gathered inside its optimiser;
 - both optimisers driven by one warm-up + cosine schedule (SignSGD first, then AdamATan2, as the official code);
 - EMA of the dense parameters, evaluation on the EMA weights, metrics reduced across ranks: losses over the global
-  batch and the rest over `count` in training; everything over `count` in evaluation (spec Errata 5).
+  batch and the rest over `count` in training; everything over `count` in evaluation (official pretrain.py,
+  `train_batch` and `evaluate`).
 
 Departures, each deliberate:
 - No DDP wrapper: the sparse embedding's gathered rows live in a buffer that DDP would overwrite from rank 0 before

@@ -18,7 +18,7 @@ def trm_like_params(device: str, dtype: torch.dtype, hidden: int = 512, layers: 
     shapes = [(vocab, hidden), (vocab, hidden), (2, hidden), (2,)]
     for _ in range(layers):
         shapes += [(3 * hidden, hidden), (hidden, hidden), (2 * inter, hidden), (hidden, inter)]
-    shapes += [(hidden, hidden)] * 1  # brings the total to about 7M, the size the spec quotes for TRM
+    shapes += [(hidden, hidden)] * 1  # brings the total to about 7M, TRM's size (TRM paper)
     params = [torch.nn.Parameter(torch.randn(s, device=device, dtype=dtype) * 0.02) for s in shapes]
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3

@@ -1,4 +1,4 @@
-"""Building blocks of the recursive network (spec section 1.2-1.4, 1.9).
+"""Building blocks of the recursive network (official models/layers.py and models/recursive_reasoning/trm.py).
 
 Dtype policy, as in the official code: master weights are float32 and every layer casts them to the dtype of its input
 on each call, so the forward dtype is decided once, where the embeddings are cast (`forward_dtype`), and there is no
@@ -52,7 +52,8 @@ class CastedLinear(nn.Module):
 
 
 class CastedEmbedding(nn.Module):
-    """Embedding table in float32; the whole table is cast to `cast_to` before the lookup (spec 1.2 step 1)."""
+    """Embedding table in float32; the whole table is cast to `cast_to` before the lookup (official models/layers.py,
+    `CastedEmbedding`)."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, *, init_std: float, cast_to: torch.dtype):
         super().__init__()
@@ -177,7 +178,8 @@ class Attention(nn.Module):
 
 
 class TokenMixer(nn.Module):
-    """The `mlp_t` mix: a SwiGLU across positions, so its norm runs over the sequence axis (spec 1.3, pitfall 7.1.7).
+    """The `mlp_t` mix: a SwiGLU across positions, so its norm runs over the sequence axis (official trm.py,
+    `TinyRecursiveReasoningModel_ACTV1Block` with `mlp_t`; the TRM paper does not say so).
 
     Its weights have the sequence length as a dimension, so it only accepts the length it was built for.
     """
@@ -229,7 +231,8 @@ class Block(nn.Module):
 
 
 class ReasoningModule(nn.Module):
-    """The network f(h, injection): add the injection once, then run the block stack (spec 1.5)."""
+    """The network f(h, injection): add the injection once, then run the block stack (official trm.py,
+    `TinyRecursiveReasoningModel_ACTV1ReasoningModule.forward`)."""
 
     def __init__(
         self,

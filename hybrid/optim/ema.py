@@ -1,4 +1,4 @@
-"""Exponential moving average of the trainable parameters (TRM only, spec 2.6).
+"""Exponential moving average of the trainable parameters (TRM only; official models/ema.py, `EMAHelper`).
 
 shadow <- mu * shadow + (1 - mu) * param, after every loader batch. The shadow starts at the weights the model has when
 EMA is built, and covers `requires_grad` parameters only: buffers (the puzzle table, H_init / L_init) are not averaged.

@@ -1,4 +1,5 @@
-"""Learning-rate schedule shared by both optimisers (spec 2.5): linear warm-up, then cosine decay to a floor."""
+"""Learning-rate schedule shared by both optimisers (official pretrain.py, `cosine_schedule_with_warmup_lr_lambda`):
+linear warm-up, then cosine decay to a floor."""
 
 import math
 

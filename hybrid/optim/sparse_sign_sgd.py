@@ -1,4 +1,5 @@
-"""SignSGD with decoupled decay for the sparse puzzle-embedding table (spec 2.3, optimiser 2).
+"""SignSGD with decoupled decay for the sparse puzzle-embedding table (official models/sparse_embedding.py,
+`CastedSparseEmbeddingSignSGD_Distributed`).
 
 The embedding gathers the batch's rows into a buffer `local_weights` [B, d] that receives the gradient, and remembers
 their ids in `local_ids` [B]. The table `weights` [N, d] itself never gets a gradient. Per step:

@@ -122,7 +122,23 @@ def test_bad_input_fails_before_anything_is_written(tmp_path, bert):
         train_hybrid.main(overrides(bert, out, **{"model.lora_r": 4}))
     with pytest.raises(UserError, match="task.name=user needs task.train_file"):
         train_hybrid.main(overrides(bert, out, **{"task.name": "user"}))
+    with pytest.raises(ConfigError, match="unknown key 'model.widht'. Valid keys in model: .*hidden_size"):
+        train_hybrid.main(overrides(bert, out, **{"model.widht": 64}))
+    with pytest.raises(ConfigError, match="hidden_size .* divisible by num_heads"):
+        train_hybrid.main(overrides(bert, out, **{"model.hidden_size": 33}))
+    with pytest.raises(ConfigError, match="head dimension .* must be even"):
+        train_hybrid.main(overrides(bert, out, **{"model.hidden_size": 30}))
     assert not out.exists()
+
+
+def test_an_existing_run_folder_is_refused_before_the_backbone_loads(tmp_path, bert, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("a user's file")
+    monkeypatch.setattr(train_hybrid, "load_backbone", lambda *a, **k: pytest.fail("the backbone was loaded"))
+    with pytest.raises(UserError, match="is not empty and holds no previous run"):
+        train_hybrid.main(overrides(bert, out))
+    assert (out / "notes.txt").read_text() == "a user's file"
 
 
 def test_lora_run_through_the_recipe_keeps_the_adapter(tmp_path, bert):
@@ -150,3 +166,24 @@ def test_frozen_backbone_runs_in_bfloat16_when_asked(tmp_path, bert, monkeypatch
     with pytest.raises(ConfigError, match="backbone_dtype applies to a frozen backbone"):
         train_hybrid.main(overrides(bert, tmp_path / "lora", **{"backbone_dtype": "bfloat16", "model.lora_r": 4,
                                                                   "feature_cache": "none"}))
+
+
+@pytest.mark.parametrize(
+    "train_csv, test_csv, message",
+    [
+        ("", "text,label\na b,x\n", "the file is empty"),
+        ("text,label\n", "text,label\na b,x\n", "holds no examples"),
+        ("text,label\na b,\nc d,y\n", "text,label\na b,y\n", "column 'label' is empty in 1 rows"),
+        ("text,label\na b,-1\nc d,1\n", "text,label\na b,1\n", "negative label -1"),
+        ("text,label\na b,x\nc d,y\n", "text,label\na b,z\n", "label 'z' does not occur in the training file"),
+    ],
+    ids=["empty", "header-only", "empty-cell", "label-minus-1", "unseen-test-label"],
+)
+def test_bad_user_files_fail_in_one_line_before_anything_is_written(tmp_path, bert, train_csv, test_csv, message):
+    (tmp_path / "train.csv").write_text(train_csv)
+    (tmp_path / "test.csv").write_text(test_csv)
+    out = tmp_path / "run"
+    task = {"task.name": "user", "task.train_file": tmp_path / "train.csv", "task.test_file": tmp_path / "test.csv"}
+    with pytest.raises(UserError, match=message) as caught:
+        train_hybrid.main(overrides(bert, out, **task))
+    assert "\n" not in str(caught.value) and not out.exists()

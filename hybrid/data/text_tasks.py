@@ -139,7 +139,17 @@ def load_user_dataset(
         raise ValueError(f"{path}: unsupported file type {path.suffix!r}; expected one of {sorted(_FORMATS)}")
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
-    dataset = load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty; expected a header and one row per example")
+    if path.suffix == ".csv" and sum(1 for line in path.open() if line.strip()) < 2:
+        raise ValueError(f"{path}: holds no examples (only a header?)")
+    try:
+        dataset = load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train")
+    except Exception as err:  # datasets wraps every parser error in its own types
+        reason = str(err.__cause__ or err).splitlines()[0]
+        raise ValueError(f"{path}: cannot be read as {_FORMATS[path.suffix]} ({reason})") from None
+    if len(dataset) == 0:
+        raise ValueError(f"{path}: holds no examples (only a header?)")
     columns = [text_column, label_column] + ([group_column] if group_column is not None else [])
     for column in columns:
         if column not in dataset.column_names:
@@ -153,10 +163,10 @@ def load_user_dataset(
     targets = ("text", label_name, GROUP)
     renames = {old: new for old, new in zip(columns, targets) if old != new}
     dataset = dataset.rename_columns(renames)
-    if group_column is not None:
-        missing = [i for i, value in enumerate(dataset[GROUP]) if value is None]
+    for name, column in zip(targets, columns):
+        missing = [i for i, value in enumerate(dataset[name]) if value is None or value == ""]
         if missing:
-            raise ValueError(f"{path}: column {group_column!r} is empty in {len(missing)} rows (first: row {missing[0]})")
+            raise ValueError(f"{path}: column {column!r} is empty in {len(missing)} rows (first: data row {missing[0] + 1})")
     if level == "token" and _is_string(dataset.features["labels"]):
         # A CSV cell of space-separated word labels: ints when every label in the file is an int, else class names.
         all_ints = all(re.fullmatch(r"-?\d+", w) for row in dataset["labels"] for w in row.split())

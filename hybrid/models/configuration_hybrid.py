@@ -94,6 +94,11 @@ class HybridRecursiveConfig(PreTrainedConfig):
             raise ValueError(
                 f"HybridRecursiveConfig.hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
             )
+        if (self.hidden_size // self.num_heads) % 2:
+            raise ValueError(
+                f"HybridRecursiveConfig: the head dimension hidden_size / num_heads = {self.hidden_size // self.num_heads} "
+                "must be even (rotary position embeddings rotate pairs)"
+            )
         if self.lora_r < 0:
             raise ValueError(f"HybridRecursiveConfig.lora_r must be >= 0 (0 = frozen backbone), got {self.lora_r}")
 

@@ -50,3 +50,17 @@ def test_a_build_through_the_recipe_equals_the_builder(tmp_path, capsys, argv, b
     build(tmp_path / "direct", **kwargs)
     assert sorted(p.name for p in (tmp_path / "cli").rglob("*")) == sorted(p.name for p in (tmp_path / "direct").rglob("*"))
     assert _hash_tree(tmp_path / "cli") == _hash_tree(tmp_path / "direct")
+
+
+def test_builders_reject_what_the_cli_cannot_express(tmp_path):
+    """argparse keeps these flags apart; a direct call gets the same answer as a ValueError, before any output."""
+    from hybrid.data.maze import build_maze
+    from hybrid.data.sudoku_extreme import build_sudoku_extreme
+
+    with pytest.raises(ValueError, match="not both"):
+        build_maze(tmp_path / "out", input_dir=tmp_path, input_file_prefix="x/")
+    with pytest.raises(ValueError, match="not both"):
+        build_sudoku_extreme(tmp_path / "out", test_file="a.csv", test_tdoku=["b.csv"])
+    with pytest.raises(ValueError, match=r"--size 5 must be one of \[4, 6, 9\]"):
+        generate_sudoku_dataset(tmp_path / "out", size=5, givens=8, train_size=4)
+    assert not (tmp_path / "out").exists()

@@ -25,19 +25,14 @@ def run_task(args: argparse.Namespace) -> None:
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        parser = argparse.ArgumentParser()
         if args.task == "sudoku-aug":
             data = Path(os.environ.get("HYBRID_DATA_DIR", REPO.parent / "shared" / "data"))
-            sudoku_extreme.add_cli_arguments(parser)
-            argv = ["--train-file", str(data / "sudoku-extreme/real-train-1k/train.csv"), "--num-aug", "1000"]
-            build, items = sudoku_extreme.build_from_args, "rows"
-            count = 1000 * 1001
+            csv = data / "sudoku-extreme/real-train-1k/train.csv"
+            sudoku_extreme.build_sudoku_extreme(f"{tmp}/out", train_file=str(csv), num_aug=1000)
+            items, count = "rows", 1000 * 1001
         else:
-            sudoku.add_gen_cli_arguments(parser)
-            argv = ["--size", "6", "--givens", "12", "--train-size", str(args.count), "--workers", str(args.workers)]
-            build, items = sudoku.build_gen_from_args, "puzzles"
-            count = args.count
-        build(parser.parse_args(argv + ["--output-dir", f"{tmp}/out"]))
+            sudoku.generate_sudoku_dataset(f"{tmp}/out", size=6, givens=12, train_size=args.count, workers=args.workers)
+            items, count = "puzzles", args.count
     seconds = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"{args.task}: {seconds:.1f} s, {count / seconds:,.0f} {items}/s, peak RSS {peak_mib:,.0f} MiB")

@@ -314,17 +314,12 @@ def test_published_counts(data_dir, subset):
     assert counts == PUBLISHED_COUNTS[subset]
 
 
-def test_cli_flags_follow_the_official_builder(small_arc, tmp_path):
-    import argparse
+def test_defaults_follow_the_official_builder(small_arc, tmp_path):
+    import inspect
 
-    from hybrid.data.arc import add_cli_arguments, build_from_args
-
-    parser = argparse.ArgumentParser()
-    add_cli_arguments(parser)
-    defaults = parser.parse_args(["--input-file-prefix", "x"])
-    assert (defaults.subsets, defaults.test_set_name, defaults.num_aug, defaults.seed) == (
+    defaults = {name: p.default for name, p in inspect.signature(build_arc).parameters.items()}
+    assert (list(defaults["subsets"]), defaults["test_set_name"], defaults["num_aug"], defaults["seed"]) == (
         ["training", "evaluation", "concept"], "evaluation", 1000, 42)
-    args = parser.parse_args(["--input-file-prefix", str(small_arc / "arc-agi"), "--subsets", "training", "evaluation",
-                              "--num-aug", "2", "--subsample-size", "1", "--output-dir", str(tmp_path / "cli")])
-    out = build_from_args(args)
+    out = build_arc(tmp_path / "built", input_file_prefix=small_arc / "arc-agi", subsets=("training", "evaluation"),
+                    num_aug=2, subsample_size=1)
     assert read_split(out, "train").num_groups == 2 and read_split(out, "test").num_puzzles == 3

@@ -334,15 +334,10 @@ eval: {{interval: 0, max_examples: 16}}
 def test_recipes_on_a_pure_run(tmp_path):
     import json
 
-    from hybrid.data.format import atomic_output_dir, write_identifiers
-    from hybrid.data.sudoku import generate_puzzles, write_sudoku_split
+    from hybrid.data.sudoku import generate_sudoku_dataset
 
     data = tmp_path / "data"
-    q, a = generate_puzzles(40, box_rows=2, box_cols=2, givens=6, seed=0)
-    with atomic_output_dir(data) as out:
-        write_sudoku_split(out, "train", [(x[None], y[None]) for x, y in zip(q[:32], a[:32])], 4)
-        write_sudoku_split(out, "test", [(x[None], y[None]) for x, y in zip(q[32:], a[32:])], 4)
-        write_identifiers(out, ["<blank>"])
+    generate_sudoku_dataset(data, size=4, givens=6, train_size=32, test_size=8, seed=0)
     (tmp_path / "run.yaml").write_text(TINY_RUN.format(out=tmp_path / "run", data=data))
     _recipe("train_pure").main(["--config", str(tmp_path / "run.yaml")])
 

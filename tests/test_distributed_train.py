@@ -13,8 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hybrid.data.format import atomic_output_dir, write_identifiers
-from hybrid.data.sudoku import generate_puzzles, write_sudoku_split
+from hybrid.data.sudoku import generate_sudoku_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,11 +42,7 @@ def launch(args: list[str], config: Path) -> str:
 @pytest.mark.multiprocess
 def test_two_processes_equal_one(tmp_path):
     data = tmp_path / "data"
-    q, a = generate_puzzles(96, box_rows=2, box_cols=2, givens=6, seed=1)
-    with atomic_output_dir(data) as out:
-        write_sudoku_split(out, "train", [(x[None], y[None]) for x, y in zip(q[:80], a[:80])], 4)
-        write_sudoku_split(out, "test", [(x[None], y[None]) for x, y in zip(q[80:], a[80:])], 4)
-        write_identifiers(out, ["<blank>"])
+    generate_sudoku_dataset(data, size=4, givens=6, train_size=80, test_size=16, seed=1)
 
     runs = {}
     for name, launcher in {

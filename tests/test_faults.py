@@ -380,15 +380,10 @@ def test_trace_takes_the_tokenizer_from_the_model_folder_offline(tmp_path):
 def test_research_recipes_reject_data_of_another_shape(tmp_path, sudoku4, capfd, monkeypatch):
     """depth_sweep and trace compare the data's dataset.json with the model, and trace also with --kind, before any
     model runs and before --out is written."""
-    from hybrid.data.format import atomic_output_dir, write_identifiers
-    from hybrid.data.sudoku import generate_puzzles, write_sudoku_split
+    from hybrid.data.sudoku import generate_sudoku_dataset
 
     six = tmp_path / "sudoku6"
-    q, a = generate_puzzles(40, box_rows=2, box_cols=3, givens=20, seed=0, desc=None)
-    with atomic_output_dir(six) as out:
-        write_sudoku_split(out, "train", [(x[None], y[None]) for x, y in zip(q[:32], a[:32])], 6)
-        write_sudoku_split(out, "test", [(x[None], y[None]) for x, y in zip(q[32:], a[32:])], 6)
-        write_identifiers(out, ["<blank>"])
+    generate_sudoku_dataset(six, size=6, givens=20, train_size=32, test_size=8, seed=0)
     cfg, run = config(tmp_path, six, steps=2)
     train_pure.main(["--config", str(cfg), "training.lr_warmup_steps=1"])
 

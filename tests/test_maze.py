@@ -1,5 +1,3 @@
-import argparse
-
 import numpy as np
 import pytest
 
@@ -9,23 +7,15 @@ from hybrid.data.maze import (
     PATH,
     START,
     WALL,
-    add_cli_arguments,
-    add_gen_cli_arguments,
     augment_dihedral,
-    build_from_args,
-    build_gen_from_args,
+    build_maze,
     decode,
     dihedral,
+    generate_maze_dataset,
     read_maze_csv,
     shortest_path,
 )
 from test_data_format import _hash_tree
-
-
-def _parse(argv, add):
-    parser = argparse.ArgumentParser()
-    add(parser)
-    return parser.parse_args(argv)
 
 
 def _assert_label_is_shortest_path(inp: np.ndarray, label: np.ndarray):
@@ -70,14 +60,12 @@ def test_csv_and_npy_agree_and_augmentation_keeps_path_length(data_dir):
 
 
 def test_build_from_official_folder_with_aug(data_dir, tmp_path):
-    args = _parse(["--input-dir", str(data_dir / "maze-30x30-hard-1k"), "--aug", "--subsample-size", "5",
-                   "--output-dir", str(tmp_path / "out")], add_cli_arguments)
-    build_from_args(args)
+    build_maze(tmp_path / "out", input_dir=data_dir / "maze-30x30-hard-1k", aug=True, subsample_size=5)
     train, test = read_split(tmp_path / "out", "train"), read_split(tmp_path / "out", "test")
     assert (train.num_groups, train.num_puzzles, test.num_puzzles) == (5, 40, 1000)
     assert train.metadata.vocab_size == 6 and train.metadata.total_puzzles == 5
     with pytest.raises(FileExistsError):
-        build_from_args(args)
+        build_maze(tmp_path / "out", input_dir=data_dir / "maze-30x30-hard-1k")
 
 
 @pytest.mark.parametrize("row, message", [(",#S G ,#SoG ,", r"5 cells, expected a square"),
@@ -92,9 +80,7 @@ def test_malformed_csv_rows(tmp_path, row, message):
 def test_generator_is_seeded_and_respects_min_path(tmp_path):
     hashes = []
     for name in ("a", "b"):
-        args = _parse(["--size", "12", "--min-path-len", "20", "--train-size", "6", "--test-size", "2", "--aug",
-                       "--seed", "3", "--output-dir", str(tmp_path / name)], add_gen_cli_arguments)
-        build_gen_from_args(args)
+        generate_maze_dataset(tmp_path / name, size=12, min_path_len=20, train_size=6, test_size=2, aug=True, seed=3)
         hashes.append(_hash_tree(tmp_path / name))
     assert hashes[0] == hashes[1]
     ds = read_split(tmp_path / "a", "train")

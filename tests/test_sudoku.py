@@ -1,15 +1,13 @@
-import argparse
 import random
 
 import numpy as np
 import pytest
 
 from hybrid.data.format import read_split
-from hybrid.data.sudoku import BitmaskSolver, add_gen_cli_arguments, build_gen_from_args, generate_puzzle
+from hybrid.data.sudoku import BitmaskSolver, generate_puzzle, generate_sudoku_dataset
 from hybrid.data.sudoku_extreme import (
-    add_cli_arguments,
     augment,
-    build_from_args,
+    build_sudoku_extreme,
     build_tdoku_test,
     equivalent,
     read_sudoku_csv,
@@ -29,12 +27,6 @@ def _valid_solution(grid: np.ndarray, box_rows: int, box_cols: int) -> bool:
 @pytest.fixture(scope="module")
 def real(data_dir):
     return read_sudoku_csv(data_dir / "sudoku-extreme/real-train-1k/train.csv")
-
-
-def _parse(argv, add):
-    parser = argparse.ArgumentParser()
-    add(parser)
-    return parser.parse_args(argv)
 
 
 def _write_csv(path, rows, idx):
@@ -81,16 +73,15 @@ def test_build_is_seeded_and_byte_identical(real, tmp_path):
     test_csv = _write_csv(tmp_path / "tdoku.csv", real, range(15, 30))
     hashes = []
     for name in ("a", "b"):
-        args = _parse(["--train-file", str(train_csv), "--test-tdoku", str(test_csv), "--subsample-size", "10",
-                       "--num-aug", "3", "--seed", "4", "--output-dir", str(tmp_path / name)], add_cli_arguments)
-        build_from_args(args)
+        build_sudoku_extreme(tmp_path / name, train_file=str(train_csv), test_tdoku=[str(test_csv)], subsample_size=10,
+                             num_aug=3, seed=4)
         hashes.append(_hash_tree(tmp_path / name))
     assert hashes[0] == hashes[1]
     train, test = read_split(tmp_path / "a", "train"), read_split(tmp_path / "a", "test")
     assert train.num_groups == 10 and train.num_puzzles == 40 and train.metadata.vocab_size == 11
     assert test.num_groups == test.num_puzzles <= 15 and test.num_groups >= 5  # never augmented
     with pytest.raises(FileExistsError, match="already exists"):
-        build_from_args(args)
+        build_sudoku_extreme(tmp_path / "a", train_file=str(train_csv))
 
 
 @pytest.mark.parametrize(
@@ -106,9 +97,8 @@ def test_malformed_rows_name_file_and_line(real, tmp_path, row, message):
     bad.write_text(bad.read_text() + row + "\n")
     with pytest.raises(ValueError, match=message):
         read_sudoku_csv(bad)
-    args = _parse(["--train-file", str(bad), "--output-dir", str(tmp_path / "out")], add_cli_arguments)
     with pytest.raises(ValueError):
-        build_from_args(args)
+        build_sudoku_extreme(tmp_path / "out", train_file=str(bad))
     assert not (tmp_path / "out").exists()
 
 
@@ -132,9 +122,7 @@ def test_solver_counts_multiple_solutions():
 def test_generator_build_is_seeded(tmp_path):
     hashes = []
     for name in ("a", "b"):
-        args = _parse(["--size", "6", "--givens", "14", "--train-size", "30", "--test-size", "5", "--seed", "2",
-                       "--output-dir", str(tmp_path / name)], add_gen_cli_arguments)
-        build_gen_from_args(args)
+        generate_sudoku_dataset(tmp_path / name, size=6, givens=14, train_size=30, test_size=5, seed=2)
         hashes.append(_hash_tree(tmp_path / name))
     assert hashes[0] == hashes[1]
     ds = read_split(tmp_path / "a", "train")

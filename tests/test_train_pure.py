@@ -11,8 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hybrid.data.format import atomic_output_dir, write_identifiers
-from hybrid.data.sudoku import generate_puzzles, write_sudoku_split
+from hybrid.data.sudoku import generate_sudoku_dataset
 from hybrid import checkpoint as ckpt_module
 from hybrid.train.loop import TrainingDivergedError
 from hybrid.utils import UserError
@@ -43,11 +42,7 @@ checkpoint: {{every: {every}, keep_last: 5}}
 @pytest.fixture(scope="module")
 def sudoku4(tmp_path_factory):
     root = tmp_path_factory.mktemp("data") / "sudoku4"
-    q, a = generate_puzzles(240, box_rows=2, box_cols=2, givens=6, seed=0)
-    with atomic_output_dir(root) as out:
-        write_sudoku_split(out, "train", [(x[None], y[None]) for x, y in zip(q[:200], a[:200])], 4)
-        write_sudoku_split(out, "test", [(x[None], y[None]) for x, y in zip(q[200:], a[200:])], 4)
-        write_identifiers(out, ["<blank>"])
+    generate_sudoku_dataset(root, size=4, givens=6, train_size=200, test_size=40, seed=0)
     return root
 
 

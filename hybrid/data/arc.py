@@ -12,10 +12,10 @@ Tokens: 0 PAD, 1 EOS, 2..11 colours 0..9, on a 30x30 canvas. Every random choice
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,7 @@ VOCAB_SIZE = COLOUR_OFFSET + 10
 NUM_DIHEDRAL = 8
 AUGMENT_RETRIES_FACTOR = 5  # tries per wanted variant before giving up on a low-colour task, as the official builder
 VARIANT_SEPARATOR = "|||"
+ARC1_SUBSETS = ("training", "evaluation", "concept")  # official build_arc_dataset.py's default
 
 # Inverse of each dihedral transform t0..t7 in numpy's rot90 (counter-clockwise) convention (official
 # dataset/common.py, `dihedral_transform` / `inverse_dihedral_transform`).
@@ -335,11 +336,11 @@ def _pairs_json(pairs: list[Pair]) -> list[dict]:
 
 
 def build_arc(
+    output_dir: str | Path,
     *,
     input_file_prefix: str | Path,
-    subsets: list[str],
-    test_set_name: str,
-    output_dir: str | Path,
+    subsets: Sequence[str] = ARC1_SUBSETS,
+    test_set_name: str = "evaluation",
     num_aug: int = 1000,
     seed: int = 42,
     subsample_size: int | None = None,
@@ -348,7 +349,14 @@ def build_arc(
 ) -> Path:
     """Build `<output_dir>/{train,test}/`, `identifiers.json` and `test_puzzles.json`; return `output_dir`.
 
-    `subsample_size` keeps the first N tasks of each subset after its shuffle (small builds for CPU runs)."""
+    input_file_prefix: the Kaggle files' prefix, e.g. ../shared/data/arc/arc-agi.
+    subsets: the subsets to read; `test_set_name` is the one whose test pairs form the test split.
+    num_aug: augmented variants per task (fewer for a task with too few colours; AugmentationShortfallWarning).
+    subsample_size: keep the first N tasks of each subset after its shuffle (small builds for CPU runs).
+    The defaults are official build_arc_dataset.py's (ARC-AGI-1 with ConceptARC, 1000 augmentations, seed 42).
+    overwrite: replace an existing `output_dir` (else FileExistsError). progress: show tqdm bars.
+    Raises ValueError (ARCDataError for the files' content) / OSError before anything is written."""
+    subsets = list(subsets)
     if test_set_name not in subsets:
         raise ValueError(
             f"--test-set-name {test_set_name!r} is not one of --subsets {subsets} (the test split would be empty)"
@@ -419,27 +427,3 @@ def build_arc(
         write_identifiers(tmp, names)
         (tmp / "test_puzzles.json").write_text(json.dumps(test_puzzles))
     return output_dir
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input-file-prefix", required=True, help="e.g. ../shared/data/arc/arc-agi")
-    parser.add_argument("--subsets", nargs="+", default=["training", "evaluation", "concept"])
-    parser.add_argument("--test-set-name", default="evaluation")
-    parser.add_argument("--num-aug", type=int, default=1000)
-    parser.add_argument("--subsample-size", type=int, default=None, help="keep N tasks per subset (small builds)")
-    parser.add_argument("--output-dir", default="data/arc1concept-aug-1000")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--overwrite", action="store_true")
-
-
-def build_from_args(args: argparse.Namespace) -> Path:
-    return build_arc(
-        input_file_prefix=args.input_file_prefix,
-        subsets=list(args.subsets),
-        test_set_name=args.test_set_name,
-        output_dir=args.output_dir,
-        num_aug=args.num_aug,
-        seed=args.seed,
-        subsample_size=args.subsample_size,
-        overwrite=args.overwrite,
-    )

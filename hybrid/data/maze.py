@@ -6,7 +6,6 @@ all puzzle identifiers 0. The label is the input with one shortest start-goal pa
 
 from __future__ import annotations
 
-import argparse
 from collections import deque
 from pathlib import Path
 
@@ -150,46 +149,50 @@ def write_maze_split(root: Path, split: str, inputs: np.ndarray, labels: np.ndar
     )
 
 
-def _read_source(args: argparse.Namespace, split: str) -> tuple[np.ndarray, np.ndarray]:
-    if args.input_dir is not None:
-        ds = read_split(args.input_dir, split, mmap=False)
+def _read_source(split: str, input_dir: Path | None, input_file_prefix: str, source_repo: str
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    if input_dir is not None:
+        ds = read_split(input_dir, split, mmap=False)
         if ds.num_groups != ds.num_puzzles:
-            raise ValueError(f"{args.input_dir}/{split}: already augmented ({ds.num_puzzles} puzzles in {ds.num_groups} groups)")
+            raise ValueError(f"{input_dir}/{split}: already augmented ({ds.num_puzzles} puzzles in {ds.num_groups} groups)")
         return np.asarray(ds.inputs), np.asarray(ds.labels)
-    return read_maze_csv(resolve_hub_csv(f"{args.input_file_prefix}{split}.csv", args.source_repo))
+    return read_maze_csv(resolve_hub_csv(f"{input_file_prefix}{split}.csv", source_repo))
 
 
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--input-dir", type=Path, help="an official npy folder (train/, test/) to read instead of CSVs")
-    source.add_argument("--input-file-prefix", default="", help="CSV path prefix: <prefix>train.csv, <prefix>test.csv; "
-                        "files not found locally come from --source-repo on the Hub")
-    parser.add_argument("--source-repo", default=HUB_REPO)
-    parser.add_argument("--aug", action="store_true", help="add the 8 dihedral transforms (8 puzzles per group)")
-    parser.add_argument("--subsample-size", type=int, help="seeded random subset of the training mazes")
-    parser.add_argument("--output-dir", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true")
+def build_maze(
+    output_dir: Path, *, input_dir: Path | None = None, input_file_prefix: str = "", source_repo: str = HUB_REPO,
+    aug: bool = False, subsample_size: int | None = None, seed: int = 0, overwrite: bool = False,
+) -> Path:
+    """Build Maze-Hard in `output_dir` (train/, test/, identifiers.json) as official build_maze_dataset.py does;
+    return `output_dir`.
 
-
-def build_from_args(args: argparse.Namespace) -> Path:
-    rng = np.random.default_rng(args.seed)
-    splits = {split: _read_source(args, split) for split in ("train", "test")}
-    if args.subsample_size is not None:
+    input_dir: an official npy folder (train/, test/, not augmented) to read instead of CSVs.
+    input_file_prefix: CSV path prefix, read as `<prefix>train.csv` and `<prefix>test.csv`; a file not found locally
+        comes from the Hub dataset `source_repo`. Give one of input_dir and input_file_prefix.
+    aug: add the 8 dihedral transforms to the training split (8 puzzles per group).
+    subsample_size: keep a random subset of this many training mazes, drawn from `numpy.random.default_rng(seed)`.
+    overwrite: replace an existing `output_dir` (else FileExistsError).
+    Raises ValueError for a malformed source or an out-of-range subsample_size, before anything is written.
+    """
+    if input_dir is not None and input_file_prefix:
+        raise ValueError(f"give input_dir ({input_dir}) or input_file_prefix ({input_file_prefix!r}), not both")
+    rng = np.random.default_rng(seed)
+    splits = {split: _read_source(split, input_dir, input_file_prefix, source_repo) for split in ("train", "test")}
+    if subsample_size is not None:
         total = len(splits["train"][0])
-        if not 0 < args.subsample_size <= total:
-            raise ValueError(f"--subsample-size {args.subsample_size} must be in 1..{total} (mazes available)")
-        keep = rng.choice(total, args.subsample_size, replace=False)
+        if not 0 < subsample_size <= total:
+            raise ValueError(f"--subsample-size {subsample_size} must be in 1..{total} (mazes available)")
+        keep = rng.choice(total, subsample_size, replace=False)
         splits["train"] = (splits["train"][0][keep], splits["train"][1][keep])
-    with atomic_output_dir(args.output_dir, overwrite=args.overwrite) as out:
+    with atomic_output_dir(output_dir, overwrite=overwrite) as out:
         for split, (inputs, labels) in tqdm(splits.items(), desc="maze"):
-            if args.aug and split == "train":
+            if aug and split == "train":
                 inputs, labels = augment_dihedral(inputs, labels)
             else:
                 inputs, labels = inputs[:, None], labels[:, None]
             write_maze_split(out, split, inputs, labels)
         write_identifiers(out, ["<blank>"])
-    return args.output_dir
+    return Path(output_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -234,28 +237,29 @@ def generate_mazes(count: int, *, size: int, wall_density: float, min_path_len: 
     return np.asarray(inputs).reshape(count, size * size), np.asarray(labels).reshape(count, size * size)
 
 
-def add_gen_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", type=int, default=30)
-    parser.add_argument("--wall-density", type=float, default=0.37, help="Maze-Hard averages 37%% walls")
-    parser.add_argument("--min-path-len", type=int, default=110, help="minimum shortest-path cells (Maze-Hard: 110)")
-    parser.add_argument("--train-size", type=int, required=True)
-    parser.add_argument("--test-size", type=int, default=0)
-    parser.add_argument("--aug", action="store_true", help="add the 8 dihedral transforms to the training split")
-    parser.add_argument("--output-dir", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true")
+def generate_maze_dataset(
+    output_dir: Path, *, train_size: int, test_size: int = 0, size: int = 30, wall_density: float = 0.37,
+    min_path_len: int = 110, aug: bool = False, seed: int = 0, overwrite: bool = False,
+) -> Path:
+    """Write `train_size` (and `test_size`) generated `size` x `size` mazes to `output_dir` in the official format;
+    return `output_dir`.
 
-
-def build_gen_from_args(args: argparse.Namespace) -> Path:
-    if args.train_size < 1 or args.test_size < 0:
-        raise ValueError(f"--train-size {args.train_size} must be >= 1 and --test-size {args.test_size} >= 0")
-    common = dict(size=args.size, wall_density=args.wall_density, min_path_len=args.min_path_len, seed=args.seed)
-    train = generate_mazes(args.train_size, **common, desc="maze-gen train")
-    test = generate_mazes(args.test_size, **common, first_index=args.train_size, desc="maze-gen test")
-    with atomic_output_dir(args.output_dir, overwrite=args.overwrite) as out:
-        inputs, labels = augment_dihedral(*train) if args.aug else (train[0][:, None], train[1][:, None])
+    wall_density: the fraction of wall cells drawn (Maze-Hard averages 37%).
+    min_path_len: the fewest cells on the shortest start-goal path, S and G included (Maze-Hard: 110).
+    aug: add the 8 dihedral transforms to the training split.
+    Maze i depends only on (seed, i); test mazes take the indices after the training ones.
+    overwrite: replace an existing `output_dir` (else FileExistsError).
+    Raises ValueError for a size below 1 (train) / 0 (test) or when no maze with such a path is found.
+    """
+    if train_size < 1 or test_size < 0:
+        raise ValueError(f"--train-size {train_size} must be >= 1 and --test-size {test_size} >= 0")
+    common = dict(size=size, wall_density=wall_density, min_path_len=min_path_len, seed=seed)
+    train = generate_mazes(train_size, **common, desc="maze-gen train")
+    test = generate_mazes(test_size, **common, first_index=train_size, desc="maze-gen test")
+    with atomic_output_dir(output_dir, overwrite=overwrite) as out:
+        inputs, labels = augment_dihedral(*train) if aug else (train[0][:, None], train[1][:, None])
         write_maze_split(out, "train", inputs, labels)
-        if args.test_size:
+        if test_size:
             write_maze_split(out, "test", test[0][:, None], test[1][:, None])
         write_identifiers(out, ["<blank>"])
-    return args.output_dir
+    return Path(output_dir)

@@ -7,7 +7,6 @@ Sudoku-Extreme (the papers' data) is read, augmented and built in `hybrid.data.s
 
 from __future__ import annotations
 
-import argparse
 import random
 from multiprocessing import Pool
 from pathlib import Path
@@ -250,32 +249,36 @@ class _Serial:
 BOXES = {4: (2, 2), 6: (2, 3), 9: (3, 3)}
 
 
-def add_gen_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", type=int, choices=sorted(BOXES), default=6, help="board side n (boxes 2x2, 2x3, 3x3)")
-    parser.add_argument("--givens", type=int, required=True, help="target number of givens (the difficulty knob)")
-    parser.add_argument("--min-effort", type=int, default=0, help="minimum solver branching nodes per puzzle")
-    parser.add_argument("--train-size", type=int, required=True)
-    parser.add_argument("--test-size", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--output-dir", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true")
+def generate_sudoku_dataset(
+    output_dir: Path, *, givens: int, train_size: int, test_size: int = 0, size: int = 6, min_effort: int = 0,
+    workers: int = 1, seed: int = 0, overwrite: bool = False,
+) -> Path:
+    """Write `train_size` (and `test_size`) generated `size` x `size` puzzles with unique solutions to `output_dir`
+    in the official format; return `output_dir`.
 
-
-def build_gen_from_args(args: argparse.Namespace) -> Path:
-    if args.train_size < 1 or args.test_size < 0:
-        raise ValueError(f"--train-size {args.train_size} must be >= 1 and --test-size {args.test_size} >= 0")
-    box_rows, box_cols = BOXES[args.size]
-    common = dict(box_rows=box_rows, box_cols=box_cols, givens=args.givens, min_effort=args.min_effort,
-                  seed=args.seed, workers=args.workers)
-    train_q, train_a = generate_puzzles(args.train_size, **common, desc="sudoku-gen train")
+    size: the board side n, one of BOXES (boxes 2x2, 2x3, 3x3).
+    givens: the target number of givens (the difficulty knob).
+    min_effort: the fewest solver branching nodes a puzzle needs.
+    workers: generator processes; the output does not depend on it.
+    Puzzle i depends only on (seed, i); test puzzles take the indices after the training ones.
+    overwrite: replace an existing `output_dir` (else FileExistsError).
+    Raises ValueError for a size not in BOXES or a split size below 1 (train) / 0 (test).
+    """
+    if size not in BOXES:
+        raise ValueError(f"--size {size} must be one of {sorted(BOXES)}")
+    if train_size < 1 or test_size < 0:
+        raise ValueError(f"--train-size {train_size} must be >= 1 and --test-size {test_size} >= 0")
+    box_rows, box_cols = BOXES[size]
+    common = dict(box_rows=box_rows, box_cols=box_cols, givens=givens, min_effort=min_effort, seed=seed,
+                  workers=workers)
+    train_q, train_a = generate_puzzles(train_size, **common, desc="sudoku-gen train")
     # Test puzzles use indices after the training ones, so they are independent draws; exact repeats are dropped.
-    test_q, test_a = generate_puzzles(args.test_size, **common, first_index=args.train_size, desc="sudoku-gen test")
+    test_q, test_a = generate_puzzles(test_size, **common, first_index=train_size, desc="sudoku-gen test")
     seen = {q.tobytes() for q in train_q}
     fresh = np.asarray([q.tobytes() not in seen for q in test_q], dtype=bool)
-    with atomic_output_dir(args.output_dir, overwrite=args.overwrite) as out:
-        write_sudoku_split(out, "train", [(q[None], a[None]) for q, a in zip(train_q, train_a)], args.size)
-        if args.test_size:
-            write_sudoku_split(out, "test", [(q[None], a[None]) for q, a in zip(test_q[fresh], test_a[fresh])], args.size)
+    with atomic_output_dir(output_dir, overwrite=overwrite) as out:
+        write_sudoku_split(out, "train", [(q[None], a[None]) for q, a in zip(train_q, train_a)], size)
+        if test_size:
+            write_sudoku_split(out, "test", [(q[None], a[None]) for q, a in zip(test_q[fresh], test_a[fresh])], size)
         write_identifiers(out, ["<blank>"])
-    return args.output_dir
+    return Path(output_dir)

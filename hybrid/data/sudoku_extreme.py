@@ -6,7 +6,6 @@ Board layout and the on-disk encoding are those of `hybrid.data.sudoku`.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,58 +191,64 @@ def build_tdoku_test(
     return questions, answers
 
 
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source-repo", default=HUB_REPO, help="Hub dataset used when a CSV path is not a local file")
-    parser.add_argument("--train-file", default="train.csv", help="training CSV (source,question,answer,rating)")
-    test = parser.add_mutually_exclusive_group()
-    test.add_argument("--test-file", help="test CSV in the same layout, used as is (never augmented)")
-    test.add_argument("--test-tdoku", nargs="+", help="solved tdoku CSVs to build a test set from (shuffled, "
-                      "randomly permuted, puzzles equivalent to a training puzzle removed)")
-    parser.add_argument("--test-size", type=int, help="keep at most this many test puzzles")
-    parser.add_argument("--subsample-size", type=int, help="seeded random subset of the training puzzles")
-    parser.add_argument("--min-difficulty", type=int, help="keep puzzles with rating >= this (both splits)")
-    parser.add_argument("--num-aug", type=int, default=0, help="augmented copies per training puzzle")
-    parser.add_argument("--output-dir", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true")
-
-
 def _load(name: str, repo: str, min_difficulty: int | None) -> SudokuRows:
     path = resolve_hub_csv(name, repo)
     rows = read_sudoku_csv(path)
     return rows if min_difficulty is None else filter_difficulty(rows, min_difficulty, path)
 
 
-def build_from_args(args: argparse.Namespace) -> Path:
-    rng = np.random.default_rng(args.seed)
-    train = _load(args.train_file, args.source_repo, args.min_difficulty)
-    if args.subsample_size is not None:
-        if not 0 < args.subsample_size <= len(train.questions):
-            raise ValueError(f"--subsample-size {args.subsample_size} must be in 1..{len(train.questions)} (rows available)")
-        train = select_rows(train, rng.choice(len(train.questions), args.subsample_size, replace=False))
-    if args.num_aug < 0:
-        raise ValueError(f"--num-aug {args.num_aug} must be >= 0")
+def build_sudoku_extreme(
+    output_dir: Path, *, train_file: str = "train.csv", test_file: str | None = None,
+    test_tdoku: list[str] | None = None, test_size: int | None = None, subsample_size: int | None = None,
+    min_difficulty: int | None = None, num_aug: int = 0, source_repo: str = HUB_REPO, seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """Build Sudoku-Extreme in `output_dir` (train/, test/ when a test source is given, identifiers.json) as official
+    build_sudoku_dataset.py does; return `output_dir`.
 
-    if args.test_file:
-        test = _load(args.test_file, args.source_repo, args.min_difficulty)
-        test_q, test_a = test.questions[: args.test_size], test.answers[: args.test_size]
-    elif args.test_tdoku:
-        tdoku = [_load(name, args.source_repo, None) for name in args.test_tdoku]
+    train_file, test_file, test_tdoku: CSVs (source,question,answer,rating); a path that is not a local file is
+        fetched from the Hub dataset `source_repo`. test_file is used as is (never augmented); test_tdoku lists solved
+        tdoku CSVs to build a test set from (shuffled, randomly permuted, puzzles equivalent to a training puzzle
+        removed). Give at most one of them.
+    test_size: keep at most this many test puzzles.
+    subsample_size: a random subset of this many training puzzles.
+    min_difficulty: keep puzzles with rating >= this (both splits).
+    num_aug: augmented copies per training puzzle.
+    Every random choice comes from `numpy.random.default_rng(seed)`.
+    overwrite: replace an existing `output_dir` (else FileExistsError).
+    Raises ValueError / OSError for a malformed or missing CSV or an out-of-range number, before anything is written.
+    """
+    if test_file and test_tdoku:
+        raise ValueError(f"give test_file ({test_file}) or test_tdoku ({test_tdoku}), not both")
+    rng = np.random.default_rng(seed)
+    train = _load(train_file, source_repo, min_difficulty)
+    if subsample_size is not None:
+        if not 0 < subsample_size <= len(train.questions):
+            raise ValueError(f"--subsample-size {subsample_size} must be in 1..{len(train.questions)} (rows available)")
+        train = select_rows(train, rng.choice(len(train.questions), subsample_size, replace=False))
+    if num_aug < 0:
+        raise ValueError(f"--num-aug {num_aug} must be >= 0")
+
+    if test_file:
+        test = _load(test_file, source_repo, min_difficulty)
+        test_q, test_a = test.questions[:test_size], test.answers[:test_size]
+    elif test_tdoku:
+        tdoku = [_load(name, source_repo, None) for name in test_tdoku]
         merged = SudokuRows(
             sum((t.sources for t in tdoku), []),
             np.concatenate([t.questions for t in tdoku]),
             np.concatenate([t.answers for t in tdoku]),
             np.concatenate([t.ratings for t in tdoku]),
         )
-        test_q, test_a = build_tdoku_test(merged, train.questions, rng, args.test_size)
+        test_q, test_a = build_tdoku_test(merged, train.questions, rng, test_size)
 
-    with atomic_output_dir(args.output_dir, overwrite=args.overwrite) as out:
+    with atomic_output_dir(output_dir, overwrite=overwrite) as out:
         groups = []
         for q, a in tqdm(zip(train.questions, train.answers), total=len(train.questions), desc="sudoku train"):
-            aug_q, aug_a = augment(q, a, args.num_aug, rng)
+            aug_q, aug_a = augment(q, a, num_aug, rng)
             groups.append((np.concatenate([q[None], aug_q]), np.concatenate([a[None], aug_a])))
         write_sudoku_split(out, "train", groups, 9)
-        if args.test_file or args.test_tdoku:
+        if test_file or test_tdoku:
             write_sudoku_split(out, "test", [(q[None], a[None]) for q, a in zip(test_q, test_a)], 9)
         write_identifiers(out, ["<blank>"])
-    return args.output_dir
+    return Path(output_dir)

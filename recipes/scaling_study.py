@@ -28,8 +28,9 @@ import torch
 from hybrid.config import ConfigError, from_dict, load_config, split_cli
 from hybrid.scaling.fit import fit_law, frontier, plot_compute, plot_depth
 from hybrid.scaling.grid import (
-    POINT_RESULT, PointArch, StudyConfig, assign_steps, atomic_write_json, check_same_point, child_env, core_params,
-    effective_depth, expand_grid, point_row, read_point_result, record_attempt, train_flops_per_step, write_csv,
+    POINT_RESULT, PointArch, StudyConfig, assign_steps, atomic_write_json, balanced_order, check_same_point,
+    child_env, core_params, effective_depth, expand_grid, point_row, read_point_result, record_attempt,
+    train_flops_per_step, write_csv,
 )
 from hybrid.utils import UserError, get_logger, run_main
 
@@ -273,6 +274,9 @@ def main(argv: list[str]) -> None:
             pending.append((p, run_cfg))
         else:
             check_same_point(out / "points" / p.name, done, p.overrides, p.steps)
+    # Similar work per process: the costliest points dealt out first (FLOPs per point; steps where unknown).
+    costs = [(train_flops_per_step(p.arch) or 1.0) * p.steps for p, _ in pending]
+    pending = balanced_order(pending, costs, state.num_processes)
     state.wait_for_everyone()  # every process has listed the pending points before any point can finish
     if state.is_main_process:
         (out / "logs").mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ import torch
 from hybrid.config import ConfigError, from_dict
 from hybrid.scaling.fit import fit_law, frontier, predict_error
 from hybrid.scaling.grid import (
-    BudgetConfig, PointArch, StudyConfig, assign_steps, child_env, core_params, effective_depth, expand_grid,
+    BudgetConfig, PointArch, StudyConfig, assign_steps, balanced_order, child_env, core_params, effective_depth, expand_grid,
     train_flops_per_step,
 )
 
@@ -46,6 +46,20 @@ def test_grid_expansion_names_and_overrides():
     assert last.overrides == ["arch.L_cycles=2", "arch.hidden_size=64", "arch.H_cycles=4", "arch.puzzle_emb_ndim=64",
                               "run.seed=1"]
     assert [p.seed for p in points[:2]] == [0, 1]
+
+
+def test_grid_from_a_nested_override_is_flattened():
+    cfg = study_config(grid={"arch.hidden_size": [32], "arch": {"H_cycles": [1, 2]}})
+    assert cfg.grid == {"arch.hidden_size": [32], "arch.H_cycles": [1, 2]}
+
+
+def test_balanced_order_gives_each_process_similar_work():
+    costs = [1, 2, 3, 4, 5, 6, 7]
+    order = balanced_order(list(range(7)), costs, 2)
+    assert sorted(order) == list(range(7))
+    first, second = order[:4], order[4:]  # split_between_processes: the first process takes the extra item
+    assert first == [6, 4, 2, 0] and second == [5, 3, 1]
+    assert abs(sum(costs[i] for i in first) - sum(costs[i] for i in second)) <= 7
 
 
 def test_equal_flops_budget_gives_equal_flops_and_equal_steps_gives_equal_steps():
@@ -299,3 +313,15 @@ def test_unknown_axis_key_fails_before_anything_runs(study, tmp_path):
     with pytest.raises(ConfigError, match=r"grid point H_cycles-1_lr-0.1_seed-0: .*unknown key 'trainng'"):
         recipe.main(["--config", str(config)])
     assert not (tmp_path / "bad").exists()
+
+
+def test_every_study_config_loads_and_names_its_base_and_launch_command():
+    from hybrid.config import load_config
+
+    files = sorted((REPO / "configs" / "study").glob("*.yaml"))
+    assert len(files) >= 4
+    for path in files:
+        first = path.read_text().splitlines()[0]
+        assert "recipes/scaling_study.py" in first and str(path.relative_to(REPO)) in first, path
+        cfg = load_config(StudyConfig, path)
+        assert (path.parent / cfg.base_config).is_file(), path

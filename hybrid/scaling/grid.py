@@ -70,6 +70,8 @@ class StudyConfig:
     def __post_init__(self):
         if not self.grid:
             raise ValueError("grid must name at least one axis (dotted key -> list of values)")
+        # A command-line override grid.arch.T=[1,2] arrives nested ({"arch": {"T": ...}}): back to dotted keys.
+        self.grid = _flatten(self.grid)
         for key, values in self.grid.items():
             if not isinstance(values, list) or not values:
                 raise ValueError(f"grid axis {key!r} must be a non-empty list of values, got {values!r}")
@@ -82,6 +84,16 @@ class StudyConfig:
             raise ValueError("seeds must hold at least one seed")
         if self.test_time_factor < 1:
             raise ValueError(f"test_time_factor must be >= 1, got {self.test_time_factor}")
+
+
+def _flatten(mapping: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 @dataclass
@@ -229,6 +241,14 @@ def assign_steps(points: list[Point], budget: BudgetConfig, base_steps: int | No
                 f"budget.flops={budget.flops:.3g} gives point {p.name} only {p.steps} steps ({per_step:.3g} FLOPs per "
                 f"step), below budget.min_steps={budget.min_steps} / training.lr_warmup_steps={warmup}"
             )
+
+
+def balanced_order(items: list, costs: list[float], processes: int) -> list:
+    """Reorder `items` so that contiguous equal-count chunks (Accelerate's split_between_processes) carry similar
+    cost: deal them round-robin in order of decreasing cost, then lay each process's share out in turn."""
+    ranked = sorted(range(len(items)), key=lambda i: -costs[i])
+    shares = [ranked[k::processes] for k in range(processes)]
+    return [items[i] for share in shares for i in share]
 
 
 # ---- bookkeeping -----------------------------------------------------------------------------------------------------

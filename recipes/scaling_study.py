@@ -30,7 +30,7 @@ from hybrid.scaling.fit import fit_law, frontier, plot_compute, plot_depth
 from hybrid.scaling.grid import (
     POINT_RESULT, PointArch, StudyConfig, assign_steps, atomic_write_json, balanced_order, check_same_point,
     child_env, core_params, effective_depth, expand_grid, point_row, read_point_result, record_attempt,
-    train_flops_per_step, write_csv,
+    train_flops_per_step, training_wall, write_csv,
 )
 from hybrid.utils import UserError, get_logger, run_main
 
@@ -96,7 +96,8 @@ def point_arch(cfg: StudyConfig, run_cfg) -> PointArch:
                               "count FLOPs without it")
         sizes = {"seq_len": cfg.seq_len, "vocab_size": 2, "num_puzzle_identifiers": 1}
     elif cfg.seq_len is not None and cfg.seq_len != sizes["seq_len"]:
-        raise ConfigError(f"seq_len={cfg.seq_len} contradicts data.path={run_cfg.data.path} (seq_len {sizes['seq_len']})")
+        raise ConfigError(f"seq_len={cfg.seq_len} contradicts data.path={run_cfg.data.path} "
+                          f"(seq_len {sizes['seq_len']})")
     a = from_dict(PureConfig, {**sizes, **run_cfg.arch}, origin="section 'arch'")
     return PointArch(family=a.family, H_cycles=a.H_cycles, L_cycles=a.L_cycles, L_layers=a.L_layers,
                      H_layers=a.H_layers, hidden_size=a.hidden_size, expansion=a.expansion, mlp_t=a.mlp_t,
@@ -191,7 +192,6 @@ def run_point(cfg: StudyConfig, base: Path, p, run_cfg, out: Path, env: dict, pr
     """Train (or resume) one point, evaluate it at test-time depth, write its result file; the error, if any."""
     folder, log_path = out / "points" / p.name, out / "logs" / f"{p.name}.log"
     accuracy = trained_accuracy(cfg, folder, p.steps)
-    wall = None
     if accuracy is None:
         launch = [f"training.total_steps={p.steps}", f"run.output_dir={folder}", "run.resume=auto",
                   "run.progress_bar=false"]
@@ -202,19 +202,16 @@ def run_point(cfg: StudyConfig, base: Path, p, run_cfg, out: Path, env: dict, pr
         recipe = RECIPES / f"{cfg.recipe}.py"
         started = time.perf_counter()
         code = run_logged([sys.executable, str(recipe), "--config", str(base), *p.overrides, *launch], log_path, env)
-        wall = record_attempt(folder, time.perf_counter() - started) if folder.is_dir() else None
+        if folder.is_dir():
+            record_attempt(folder, time.perf_counter() - started)
         accuracy = trained_accuracy(cfg, folder, p.steps)
         if code != 0 or accuracy is None:
             return f"training exited with status {code}; see {log_path}"
-    if wall is None:
-        attempts = folder / "study_attempts.jsonl"
-        wall = sum(json.loads(x)["wall_s"] for x in attempts.read_text().splitlines() if x.strip()) \
-            if attempts.is_file() else float("nan")
     tt_steps = cfg.test_time_factor * p.arch.halt_max_steps
     tt = test_time_accuracy(cfg, run_cfg, folder, tt_steps, log_path, env)
     if tt is None:
         return f"test-time evaluation failed; see {log_path}"
-    row = point_row(p, accuracy, tt, tt_steps, wall)
+    row = point_row(p, accuracy, tt, tt_steps, training_wall(folder))
     atomic_write_json(folder / POINT_RESULT, {"overrides": p.overrides, "steps": p.steps, "row": row})
     return None
 

@@ -16,8 +16,8 @@ import torch
 from hybrid.config import ConfigError, from_dict
 from hybrid.scaling.fit import fit_law, frontier, predict_error
 from hybrid.scaling.grid import (
-    BudgetConfig, PointArch, StudyConfig, assign_steps, balanced_order, child_env, core_params, effective_depth, expand_grid,
-    train_flops_per_step,
+    BudgetConfig, PointArch, StudyConfig, assign_steps, balanced_order, child_env, core_params, effective_depth,
+    expand_grid, train_flops_per_step,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,7 +189,8 @@ run: {{output_dir: unused, seed: 0, log_every: 5, trackers: [], progress_bar: fa
 data: {{path: {data}}}
 arch: {{family: trm, H_cycles: 1, L_cycles: 1, L_layers: 1, hidden_size: 16, num_heads: 1, expansion: 2,
         puzzle_emb_ndim: 16, puzzle_emb_len: 1, forward_dtype: float32, halt_max_steps: 2, halt_exploration_prob: 0.1}}
-training: {{global_batch_size: 16, total_steps: 1000, lr: 3.0e-3, lr_warmup_steps: 2, ema: false, puzzle_emb_lr: 1.0e-2}}
+training: {{global_batch_size: 16, total_steps: 1000, lr: 3.0e-3, lr_warmup_steps: 2, ema: false,
+           puzzle_emb_lr: 1.0e-2}}
 eval: {{interval: 0, max_examples: 32}}
 checkpoint: {{every: 10, keep_last: 5}}
 """

@@ -37,8 +37,8 @@ CSV_COLUMNS = [
 @dataclass
 class BudgetConfig:
     kind: Literal["steps", "flops"] = "steps"
-    steps: int | None = None  # equal steps: every point trains this many (default: the base config's training.total_steps)
-    flops: float | None = None  # equal FLOPs: training FLOPs per point; each point's steps = round(flops / its FLOPs per step)
+    steps: int | None = None  # equal steps: every point trains this many (default: the base's training.total_steps)
+    flops: float | None = None  # equal FLOPs: training FLOPs per point; a point's steps = round(flops / FLOPs per step)
     min_steps: int = 1  # a FLOP budget that leaves a point fewer steps than this (or than its warm-up) is an error
 
     def __post_init__(self):
@@ -274,11 +274,17 @@ def check_same_point(folder: Path, result: dict, overrides: list[str], steps: in
         )
 
 
-def record_attempt(folder: Path, seconds: float) -> float:
-    """Append one training attempt's wall time; return the total over all attempts of this point."""
-    path = folder / ATTEMPTS
-    with open(path, "a") as f:
+def record_attempt(folder: Path, seconds: float) -> None:
+    """Append one training attempt's wall time (a resumed point has several)."""
+    with open(folder / ATTEMPTS, "a") as f:
         f.write(json.dumps({"wall_s": seconds}) + "\n")
+
+
+def training_wall(folder: Path) -> float:
+    """Wall seconds of all training attempts of a point (NaN if none was recorded)."""
+    path = folder / ATTEMPTS
+    if not path.is_file():
+        return float("nan")
     return sum(json.loads(line)["wall_s"] for line in path.read_text().splitlines() if line.strip())
 
 

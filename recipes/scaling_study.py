@@ -123,7 +123,7 @@ def build_data(cfg: StudyConfig, run_cfgs) -> None:
 
 def dry_run(cfg: StudyConfig, points, processes: int) -> None:
     total_flops, total_s = 0.0, 0.0
-    print(f"{len(points)} points ({cfg.budget.kind} budget)")
+    print(f"{len(points)} points ({cfg.budget.kind} budget), {processes} process(es)")
     print(f"{'point':<60} {'params':>9} {'depth':>6} {'steps':>6} {'FLOPs/step':>10} {'FLOPs':>10} {'time':>8}")
     for p in points:
         per_step = train_flops_per_step(p.arch)

@@ -247,9 +247,10 @@ def test_stopped_study_finishes_only_the_missing_points_and_two_processes_equal_
     config, one = study / "study.yaml", study / "one"
     log = _run_study(config, one, "--max-points", "1")
     assert "1 of 3 points done" in log and not (one / "study.csv").exists()
-    first = one / "points" / "H_cycles-1_seed-0"
+    finished = [p for p in (one / "points").iterdir() if (p / "study_point.json").is_file()]
+    assert [p.name for p in finished] == ["H_cycles-3_seed-0"]  # the costliest point goes first
+    first = finished[0]
     before = _snapshot(first)
-    assert "study_point.json" in before
 
     log = _run_study(config, one)
     assert "1 of 3 points done; 2 to run" in log
@@ -281,20 +282,20 @@ def test_interrupted_point_resumes_from_its_checkpoint(study):
     """A point stopped mid-training (run.stop_at_step) is resumed, not restarted, and ends bit for bit like a
     point trained in one go (same accuracy as the uninterrupted study's row)."""
     out = study / "resumed"
-    folder = out / "points" / "H_cycles-1_seed-0"
+    folder = out / "points" / "H_cycles-3_seed-0"  # the point the study runs first
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    overrides = ["arch.L_cycles=1", "arch.H_cycles=1", "run.seed=0", "training.total_steps=20",
+    overrides = ["arch.L_cycles=1", "arch.H_cycles=3", "run.seed=0", "training.total_steps=20",
                  f"run.output_dir={folder}", "run.stop_at_step=10"]
     subprocess.run([sys.executable, str(REPO / "recipes" / "train_pure.py"), "--config", str(study / "base.yaml"),
                     *overrides], env=env, check=True, capture_output=True, cwd=study)
     _run_study(study / "study.yaml", out, "--max-points", "1")
-    point_log = (out / "logs" / "H_cycles-1_seed-0.log").read_text()
+    point_log = (out / "logs" / "H_cycles-3_seed-0.log").read_text()
     assert "resumed from" in point_log and "step_00000010" in point_log
     train_steps = [json.loads(x)["step"] for x in (folder / "metrics.jsonl").read_text().splitlines()
                    if json.loads(x)["split"] == "train"]
     assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 20
     resumed = json.loads((folder / "study_point.json").read_text())["row"]
-    reference = study / "one" / "points" / "H_cycles-1_seed-0" / "study_point.json"
+    reference = study / "one" / "points" / "H_cycles-3_seed-0" / "study_point.json"
     if reference.is_file():  # written by the test above when it ran first
         straight = json.loads(reference.read_text())["row"]
         for key in ("exact_accuracy", "token_accuracy", "exact_accuracy_tt", "token_accuracy_tt"):
@@ -326,3 +327,35 @@ def test_every_study_config_loads_and_names_its_base_and_launch_command():
         assert "recipes/scaling_study.py" in first and str(path.relative_to(REPO)) in first, path
         cfg = load_config(StudyConfig, path)
         assert (path.parent / cfg.base_config).is_file(), path
+
+
+def test_hybrid_point_trains_on_a_shared_feature_cache_and_reads_test_time_depth(tmp_path):
+    """A hybrid study point: train_hybrid with the per-process disk feature cache, then depth_sweep at 2x steps on
+    the saved model/ and data/ folders."""
+    from test_backbones import make_tiny_backbone
+
+    backbone = make_tiny_backbone("bert", tmp_path / "bert")
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        "# python recipes/train_hybrid.py --config base.yaml (written by the test)\n"
+        f"run: {{output_dir: unused, trackers: [], progress_bar: false, log_every: 4}}\n"
+        f"model: {{backbone: {backbone}, hidden_size: 32, num_heads: 2, L_layers: 1, L_cycles: 1}}\n"
+        "task: {num_train: 64, num_test: 24}\n"
+        "training: {global_batch_size: 16, total_steps: 100, lr_warmup_steps: 2}\n"
+        "eval: {interval: 0}\n"
+    )
+    config = tmp_path / "study.yaml"
+    config.write_text("# python recipes/scaling_study.py --config study.yaml (written by the test)\n"
+                      "recipe: train_hybrid\nbase_config: base.yaml\noutput_dir: unused\n"
+                      "grid: {model.H_cycles: [2]}\noverrides: [model.halt_max_steps=2]\n"
+                      "budget: {kind: steps, steps: 8}\nseq_len: 40\n")
+    out = tmp_path / "out"
+    _run_study(config, out)
+    point = out / "points" / "H_cycles-2_seed-0"
+    assert any((out / "feature_cache" / "process0").iterdir())
+    row = _csv(out / "study.csv")[0]
+    assert row["test_time_steps"] == "4" and int(row["effective_depth"]) == 2 * 2 * 1 * 2
+    sweep = json.loads((point / "study_depth_tt" / "sweep.json").read_text())
+    assert float(row["exact_accuracy_tt"]) == sweep["rows"][0]["exact_accuracy"]
+    results = json.loads((point / "results.json").read_text())["results"]
+    assert float(row["exact_accuracy"]) == next(iter(results.values()))["exact_accuracy"]

@@ -137,6 +137,9 @@ def plot_depth(rows: list[dict], law: dict, path: Path) -> None:
             grid = np.geomspace(min(xs), max(xs), 50)
             ax.plot(grid, 1 - predict_error(law, params, grid), "--", color=color, alpha=0.6)
     ax.set_xscale("log")
+    depths = sorted({r["effective_depth"] for r in rows})
+    ax.set_xticks(depths, [str(d) for d in depths])
+    ax.minorticks_off()
     ax.set_xlabel("effective depth: T(n+1) x layers x supervision steps (trained)")
     ax.set_ylabel("held-out exact accuracy")
     title = "solid: trained steps; dotted, hollow: 2x test-time steps"

@@ -193,6 +193,7 @@ def run_point(cfg: StudyConfig, base: Path, p, run_cfg, out: Path, env: dict, pr
     folder, log_path = out / "points" / p.name, out / "logs" / f"{p.name}.log"
     accuracy = trained_accuracy(cfg, folder, p.steps)
     if accuracy is None:
+        atomic_write_json(out / "logs" / f"{p.name}.launch.json", {"overrides": p.overrides, "steps": p.steps})
         launch = [f"training.total_steps={p.steps}", f"run.output_dir={folder}", "run.resume=auto",
                   "run.progress_bar=false"]
         if cfg.recipe == "train_hybrid" and run_cfg.feature_cache != "none":
@@ -258,7 +259,8 @@ def main(argv: list[str]) -> None:
         state.wait_for_everyone()
     for p, run_cfg in zip(points, run_cfgs):
         p.arch = point_arch(cfg, run_cfg)
-    assign_steps(points, cfg.budget, run_cfgs[0].training.total_steps, run_cfgs[0].training.lr_warmup_steps)
+        p.base_steps, p.warmup = run_cfg.training.total_steps, run_cfg.training.lr_warmup_steps
+    assign_steps(points, cfg.budget)
     if args.dry_run:
         if state.is_main_process:
             dry_run(cfg, points, state.num_processes)
@@ -266,11 +268,14 @@ def main(argv: list[str]) -> None:
 
     pending = []
     for p, run_cfg in zip(points, run_cfgs):
+        # A finished point, or one started earlier (its launch record), must have been run with this config.
         done = read_point_result(out / "points" / p.name)
+        started = out / "logs" / f"{p.name}.launch.json"
+        recorded = done or (json.loads(started.read_text()) if started.is_file() else None)
+        if recorded is not None:
+            check_same_point(out / "points" / p.name, recorded, p.overrides, p.steps)
         if done is None:
             pending.append((p, run_cfg))
-        else:
-            check_same_point(out / "points" / p.name, done, p.overrides, p.steps)
     # Similar work per process: the costliest points dealt out first (FLOPs per point; steps where unknown).
     costs = [(train_flops_per_step(p.arch) or 1.0) * p.steps for p, _ in pending]
     pending = balanced_order(pending, costs, state.num_processes)

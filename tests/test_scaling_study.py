@@ -66,17 +66,21 @@ def test_equal_flops_budget_gives_equal_flops_and_equal_steps_gives_equal_steps(
     points = expand_grid(study_config())
     for p in points:
         p.arch = arch(hidden_size=p.values["arch.hidden_size"], H_cycles=p.values["arch.H_cycles"])
-    assign_steps(points, BudgetConfig(kind="steps", steps=123), None, 10)
+        p.warmup = 10
+    assign_steps(points, BudgetConfig(kind="steps", steps=123))
     assert {p.steps for p in points} == {123}
     budget = 5e12
-    assign_steps(points, BudgetConfig(kind="flops", flops=budget), None, 10)
+    assign_steps(points, BudgetConfig(kind="flops", flops=budget))
     totals = [p.steps * train_flops_per_step(p.arch) for p in points]
     assert all(abs(t / budget - 1) < 0.01 for t in totals)
     # deeper and wider points get fewer steps
     steps = {(p.values["arch.hidden_size"], p.values["arch.H_cycles"]): p.steps for p in points}
     assert steps[(32, 1)] > steps[(32, 4)] > steps[(64, 4)]
-    with pytest.raises(ConfigError, match=r"only \d+ steps.*min_steps=100000"):
-        assign_steps(points, BudgetConfig(kind="flops", flops=budget, min_steps=100000), None, 10)
+    with pytest.raises(ConfigError, match=r"only \d+ steps, below budget.min_steps=100000"):
+        assign_steps(points, BudgetConfig(kind="flops", flops=budget, min_steps=100000))
+    points[3].warmup = 200  # a warm-up longer than the run fails before anything runs, not in the child
+    with pytest.raises(ConfigError, match=f"point {points[3].name} only 123 steps.*lr_warmup_steps=200"):
+        assign_steps(points, BudgetConfig(kind="steps", steps=123))
     with pytest.raises(ValueError, match="budget.flops"):
         BudgetConfig(kind="flops")
 
@@ -200,7 +204,7 @@ STUDY = """\
 recipe: train_pure
 base_config: base.yaml
 output_dir: {out}
-grid: {{arch.H_cycles: [1, 2, 3]}}
+grid: {{arch.H_cycles: [1, 2]}}
 overrides: [arch.L_cycles=1]
 budget: {{kind: steps, steps: 20}}
 """
@@ -246,25 +250,29 @@ def study(tmp_path_factory):
 def test_stopped_study_finishes_only_the_missing_points_and_two_processes_equal_one(study):
     config, one = study / "study.yaml", study / "one"
     log = _run_study(config, one, "--max-points", "1")
-    assert "1 of 3 points done" in log and not (one / "study.csv").exists()
+    assert "1 of 2 points done" in log and not (one / "study.csv").exists()
     finished = [p for p in (one / "points").iterdir() if (p / "study_point.json").is_file()]
-    assert [p.name for p in finished] == ["H_cycles-3_seed-0"]  # the costliest point goes first
+    assert [p.name for p in finished] == ["H_cycles-2_seed-0"]  # the costliest point goes first
     first = finished[0]
     before = _snapshot(first)
 
     log = _run_study(config, one)
-    assert "1 of 3 points done; 2 to run" in log
+    assert "1 of 2 points done; 1 to run" in log
     assert _snapshot(first) == before  # the finished point was not touched
-    for name in ("H_cycles-1_seed-0", "H_cycles-2_seed-0", "H_cycles-3_seed-0"):
+    for name in ("H_cycles-1_seed-0", "H_cycles-2_seed-0"):
         launches = (one / "logs" / f"{name}.log").read_text().count("recipes/train_pure.py")
         assert launches == 1, name
     rows = _csv(one / "study.csv")
-    assert [r["point"] for r in rows] == ["H_cycles-1_seed-0", "H_cycles-2_seed-0", "H_cycles-3_seed-0"]
-    assert [int(r["effective_depth"]) for r in rows] == [4, 8, 12] and {r["steps"] for r in rows} == {"20"}
+    assert [r["point"] for r in rows] == ["H_cycles-1_seed-0", "H_cycles-2_seed-0"]
+    assert [int(r["effective_depth"]) for r in rows] == [4, 8] and {r["steps"] for r in rows} == {"20"}
     assert all(0 <= float(r["token_accuracy"]) <= 1 and r["test_time_steps"] == "4" for r in rows)
     summary = json.loads((one / "study.json").read_text())
-    assert summary["points"] == 3 and "fit" in summary
+    assert summary["points"] == 2 and "fit" in summary
     assert (one / "accuracy_vs_depth.png").is_file() and (one / "accuracy_vs_flops.png").is_file()
+
+    # The same output_dir with another budget is refused before anything runs: nothing is overwritten or mixed.
+    log = _run_study(config, one, "budget.steps=21", expect=2)
+    assert "use a new output_dir" in log and _snapshot(first) == before
 
     two = study / "two"
     log = _run_study(config, two, launcher=(sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -282,20 +290,20 @@ def test_interrupted_point_resumes_from_its_checkpoint(study):
     """A point stopped mid-training (run.stop_at_step) is resumed, not restarted, and ends bit for bit like a
     point trained in one go (same accuracy as the uninterrupted study's row)."""
     out = study / "resumed"
-    folder = out / "points" / "H_cycles-3_seed-0"  # the point the study runs first
+    folder = out / "points" / "H_cycles-2_seed-0"  # the point the study runs first
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    overrides = ["arch.L_cycles=1", "arch.H_cycles=3", "run.seed=0", "training.total_steps=20",
+    overrides = ["arch.L_cycles=1", "arch.H_cycles=2", "run.seed=0", "training.total_steps=20",
                  f"run.output_dir={folder}", "run.stop_at_step=10"]
     subprocess.run([sys.executable, str(REPO / "recipes" / "train_pure.py"), "--config", str(study / "base.yaml"),
                     *overrides], env=env, check=True, capture_output=True, cwd=study)
     _run_study(study / "study.yaml", out, "--max-points", "1")
-    point_log = (out / "logs" / "H_cycles-3_seed-0.log").read_text()
+    point_log = (out / "logs" / "H_cycles-2_seed-0.log").read_text()
     assert "resumed from" in point_log and "step_00000010" in point_log
     train_steps = [json.loads(x)["step"] for x in (folder / "metrics.jsonl").read_text().splitlines()
                    if json.loads(x)["split"] == "train"]
     assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 20
     resumed = json.loads((folder / "study_point.json").read_text())["row"]
-    reference = study / "one" / "points" / "H_cycles-3_seed-0" / "study_point.json"
+    reference = study / "one" / "points" / "H_cycles-2_seed-0" / "study_point.json"
     if reference.is_file():  # written by the test above when it ran first
         straight = json.loads(reference.read_text())["row"]
         for key in ("exact_accuracy", "token_accuracy", "exact_accuracy_tt", "token_accuracy_tt"):
@@ -311,7 +319,7 @@ def test_unknown_axis_key_fails_before_anything_runs(study, tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text(STUDY.format(out=tmp_path / "bad").replace("base_config: base.yaml",
                                                                   f"base_config: {study / 'base.yaml'}")
-                      .replace("arch.H_cycles: [1, 2, 3]", "arch.H_cycles: [1], trainng.lr: [0.1]"))
+                      .replace("arch.H_cycles: [1, 2]", "arch.H_cycles: [1], trainng.lr: [0.1]"))
     with pytest.raises(ConfigError, match=r"grid point H_cycles-1_lr-0.1_seed-0: .*unknown key 'trainng'"):
         recipe.main(["--config", str(config)])
     assert not (tmp_path / "bad").exists()

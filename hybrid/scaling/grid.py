@@ -120,6 +120,8 @@ class Point:
     values: dict  # grid key -> value, plus "run.seed"
     overrides: list[str]  # the study's and the point's overrides, without steps and folders
     arch: PointArch | None = None
+    base_steps: int | None = None  # the point's training.total_steps before the budget
+    warmup: int = 0  # the point's training.lr_warmup_steps
     steps: int | None = None
 
     @property
@@ -224,23 +226,24 @@ def train_flops_per_step(a: PointArch) -> float | None:
     return float(a.global_batch_size * (forward + backward + extra))
 
 
-def assign_steps(points: list[Point], budget: BudgetConfig, base_steps: int | None, warmup: int) -> None:
-    """Set every point's training steps: equal steps, or equal training FLOPs (steps = budget / FLOPs per step)."""
+def assign_steps(points: list[Point], budget: BudgetConfig) -> None:
+    """Set every point's training steps: equal steps, or equal training FLOPs (steps = budget / FLOPs per step);
+    a point left fewer steps than its warm-up (or budget.min_steps) is an error before anything runs."""
     for p in points:
         if budget.kind == "steps":
-            p.steps = budget.steps or base_steps
+            p.steps = budget.steps or p.base_steps
             if p.steps is None:
                 raise ConfigError("budget.kind=steps needs budget.steps or training.total_steps in the base config")
-            continue
-        per_step = train_flops_per_step(p.arch)
-        if per_step is None:
-            raise ConfigError("budget.kind=flops needs the sequence length: build the data first or set seq_len")
-        p.steps = round(budget.flops / per_step)
-        if p.steps < max(budget.min_steps, warmup, 1):
-            raise ConfigError(
-                f"budget.flops={budget.flops:.3g} gives point {p.name} only {p.steps} steps ({per_step:.3g} FLOPs per "
-                f"step), below budget.min_steps={budget.min_steps} / training.lr_warmup_steps={warmup}"
-            )
+            why = f"budget.steps={p.steps}"
+        else:
+            per_step = train_flops_per_step(p.arch)
+            if per_step is None:
+                raise ConfigError("budget.kind=flops needs the sequence length: build the data first or set seq_len")
+            p.steps = round(budget.flops / per_step)
+            why = f"budget.flops={budget.flops:.3g} ({per_step:.3g} FLOPs per step)"
+        if p.steps < max(budget.min_steps, p.warmup, 1):
+            raise ConfigError(f"{why} gives point {p.name} only {p.steps} steps, below budget.min_steps="
+                              f"{budget.min_steps} or its training.lr_warmup_steps={p.warmup}")
 
 
 def balanced_order(items: list, costs: list[float], processes: int) -> list:
@@ -265,11 +268,12 @@ def read_point_result(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def check_same_point(folder: Path, result: dict, overrides: list[str], steps: int) -> None:
-    """A finished point whose recorded overrides or steps differ from the config's was run by another study."""
-    if result["overrides"] != overrides or result["steps"] != steps:
+def check_same_point(folder: Path, recorded: dict, overrides: list[str], steps: int) -> None:
+    """A point recorded (finished or started) with other overrides or steps than the config's belongs to another
+    study: resuming it would mix two configurations in one run folder."""
+    if recorded["overrides"] != overrides or recorded["steps"] != steps:
         raise ConfigError(
-            f"{folder} was run with overrides {result['overrides']} and {result['steps']} steps, but this config "
+            f"{folder} was run with overrides {recorded['overrides']} and {recorded['steps']} steps, but this config "
             f"asks for {overrides} and {steps} steps: use a new output_dir (finished points are never overwritten)"
         )
 

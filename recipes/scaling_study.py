@@ -151,9 +151,8 @@ def last_eval(folder: Path, steps: int) -> dict | None:
     return final[-1] if final else None
 
 
-def trained_accuracy(cfg: StudyConfig, folder: Path, steps: int) -> dict | None:
-    if cfg.recipe == "train_pure":
-        return last_eval(folder, steps)
+def hybrid_results(cfg: StudyConfig, folder: Path) -> tuple[str, dict] | None:
+    """The reported held-out set of a finished hybrid run (eval_set, else its first) and its results."""
     results = folder / "results.json"
     if not results.is_file():
         return None
@@ -161,7 +160,14 @@ def trained_accuracy(cfg: StudyConfig, folder: Path, steps: int) -> dict | None:
     name = cfg.eval_set or next(iter(sets))
     if name not in sets:
         raise UserError(f"eval_set={name} is not a held-out set of {folder} ({', '.join(sets)})")
-    return sets[name]
+    return name, sets[name]
+
+
+def trained_accuracy(cfg: StudyConfig, folder: Path, steps: int) -> dict | None:
+    if cfg.recipe == "train_pure":
+        return last_eval(folder, steps)
+    found = hybrid_results(cfg, folder)
+    return None if found is None else found[1]
 
 
 def run_logged(cmd: list[str], log_path: Path, env: dict) -> int:
@@ -171,7 +177,7 @@ def run_logged(cmd: list[str], log_path: Path, env: dict) -> int:
         return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
 
 
-def test_time_accuracy(cfg: StudyConfig, run_cfg, folder: Path, steps: int, log_path: Path, env: dict) -> dict | None:
+def accuracy_at_depth(cfg: StudyConfig, run_cfg, folder: Path, steps: int, log_path: Path, env: dict) -> dict | None:
     """Held-out accuracy with test_time_factor x the trained supervision steps."""
     limit = ["--max-examples", str(run_cfg.eval.max_examples)] if run_cfg.eval.max_examples else []
     if cfg.recipe == "train_pure":
@@ -179,7 +185,7 @@ def test_time_accuracy(cfg: StudyConfig, run_cfg, folder: Path, steps: int, log_
         cmd = [sys.executable, str(RECIPES / "evaluate.py"), "--checkpoint", str(folder), "--halt-max-steps",
                str(steps), "--out", str(out), *limit]
         return json.loads(out.read_text()) if run_logged(cmd, log_path, env) == 0 else None
-    name = cfg.eval_set or next(iter(json.loads((folder / "results.json").read_text())["results"]))
+    name = hybrid_results(cfg, folder)[0]
     out = folder / "study_depth_tt"
     cmd = [sys.executable, str(RECIPES / "depth_sweep.py"), "--checkpoint", str(folder / "model"), "--data",
            str(folder / "data" / name), "--steps", str(steps), "--out", str(out), *limit]
@@ -209,7 +215,7 @@ def run_point(cfg: StudyConfig, base: Path, p, run_cfg, out: Path, env: dict, pr
         if code != 0 or accuracy is None:
             return f"training exited with status {code}; see {log_path}"
     tt_steps = cfg.test_time_factor * p.arch.halt_max_steps
-    tt = test_time_accuracy(cfg, run_cfg, folder, tt_steps, log_path, env)
+    tt = accuracy_at_depth(cfg, run_cfg, folder, tt_steps, log_path, env)
     if tt is None:
         return f"test-time evaluation failed; see {log_path}"
     row = point_row(p, accuracy, tt, tt_steps, training_wall(folder))

@@ -40,7 +40,7 @@ RECIPES = Path(__file__).resolve().parent
 
 def recipe_config_class(recipe: str):
     from hybrid.train.config import PureTrainConfig
-    from hybrid.train.hybrid_config import HybridTrainConfig
+    from hybrid.train.config import HybridTrainConfig
 
     return {"train_pure": PureTrainConfig, "train_hybrid": HybridTrainConfig}[recipe]
 
@@ -65,7 +65,7 @@ def point_configs(cfg: StudyConfig, base: Path, points, out: Path) -> list:
             configs.append(load_config(cls, base, [*p.overrides, f"run.output_dir={out / 'points' / p.name}"]))
         except ConfigError as err:
             raise ConfigError(f"grid point {p.name}: {err}") from None
-    if cfg.recipe == "train_hybrid" and any(c.model.head != "recursive" for c in configs):
+    if cfg.recipe == "train_hybrid" and any(c.model.get("head", "recursive") != "recursive" for c in configs):
         raise ConfigError("the study varies recursion: every point needs model.head=recursive")
     return configs
 
@@ -82,7 +82,7 @@ def point_arch(cfg: StudyConfig, run_cfg) -> PointArch:
     """The counts' view of a point's resolved config."""
     batch = run_cfg.training.global_batch_size
     if cfg.recipe == "train_hybrid":
-        m = run_cfg.model
+        m = run_cfg.model_config(task="sequence", num_labels=2)  # the model section with the model's own defaults
         return PointArch(family=m.core, H_cycles=m.H_cycles, L_cycles=m.L_cycles, L_layers=m.L_layers,
                          H_layers=m.H_layers, hidden_size=m.hidden_size, expansion=m.expansion, mlp_t=False,
                          seq_len=cfg.seq_len, halt_max_steps=m.halt_max_steps, global_batch_size=batch,

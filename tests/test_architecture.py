@@ -21,12 +21,12 @@ LAYERS = {
     "hybrid.checkpoint": 3,
     "hybrid.restore": 3,
     "hybrid.eval": 4,
-    "hybrid.study": 5,
+    "hybrid.scaling": 5,
     "hybrid.train": 5,
     "hybrid.__main__": 6,
 }
 # Layers that must not see each other although neither is above the other.
-FORBIDDEN = {("hybrid.train", "hybrid.study"), ("hybrid.study", "hybrid.train")}
+FORBIDDEN = {("hybrid.train", "hybrid.scaling"), ("hybrid.scaling", "hybrid.train")}
 
 
 def _module_name(path: Path) -> str:

@@ -107,9 +107,10 @@ def test_split_cli():
 
 def test_every_config_file_loads_and_names_its_launch_command():
     """Every YAML under configs/ loads into the dataclass of the recipe its header launches."""
+    from hybrid.scaling.grid import StudyConfig
     from hybrid.train.config import HybridTrainConfig, PureTrainConfig
 
-    recipe_configs = {"train_pure": PureTrainConfig, "train_hybrid": HybridTrainConfig}
+    recipe_configs = {"train_pure": PureTrainConfig, "train_hybrid": HybridTrainConfig, "scaling_study": StudyConfig}
     files = sorted((REPO / "configs").rglob("*.yaml"))
     assert files, "configs/ holds no YAML files"
     for path in files:

@@ -102,7 +102,7 @@ def test_params_and_flops_match_the_model(family, mlp_t):
     the core (forward; backward too for mlp_t, whose ops all have counter formulas on CPU)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from hybrid.eval.depth import CoreFlops
+    from hybrid.eval.compute import CoreFlops
     from hybrid.models.pure import PureConfig, build_pure_model
 
     cfg = PureConfig(seq_len=14, vocab_size=6, num_puzzle_identifiers=1, family=family, H_cycles=3, L_cycles=2,
@@ -347,7 +347,7 @@ def test_hybrid_point_trains_on_a_shared_feature_cache_and_reads_test_time_depth
     base.write_text(
         "# python recipes/train_hybrid.py --config base.yaml (written by the test)\n"
         f"run: {{output_dir: unused, trackers: [], progress_bar: false, log_every: 4}}\n"
-        f"model: {{backbone: {backbone}, hidden_size: 32, num_heads: 2, L_layers: 1, L_cycles: 1}}\n"
+        f"model: {{backbone_name_or_path: {backbone}, hidden_size: 32, num_heads: 2, L_layers: 1, L_cycles: 1}}\n"
         "task: {num_train: 64, num_test: 24}\n"
         "training: {global_batch_size: 16, total_steps: 100, lr_warmup_steps: 2}\n"
         "eval: {interval: 0}\n"

@@ -134,7 +134,8 @@ _DERIVED_MODEL_KEYS = {"task", "num_labels", "id2label", "label2id", "backbone_m
 
 def hybrid_model_keys() -> list[str]:
     """The keys a hybrid recipe's `model:` section may set: the fields of HybridRecursiveConfig itself."""
-    return sorted(set(HybridRecursiveConfig.__dataclass_fields__) - _DERIVED_MODEL_KEYS)
+    # Its own fields only: the ones it inherits from PreTrainedConfig (architectures, dtype, ...) are transformers'.
+    return sorted(set(HybridRecursiveConfig.__annotations__) - _DERIVED_MODEL_KEYS)
 
 
 @dataclass

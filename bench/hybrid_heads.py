@@ -8,7 +8,7 @@
 Every head is one `recipes/train_hybrid.py` run, one flag apart (`HEADS`), all at the same number of optimiser steps
 and batch size: the recursive TRM and HRM heads, the equal-size transformer head (the same blocks applied once), MLP,
 linear, LoRA (rank 8) + linear, and full fine-tuning of the backbone + linear (the baseline of the CLUTRR paper).
-Frozen heads share one on-disk feature cache (computed by the first run); LoRA and full fine-tuning recompute the
+Frozen heads share one on-disk feature cache (cache_dir, computed by the first run); LoRA and full fine-tuning recompute the
 backbone every step. Full fine-tuning runs at lr 1e-4 (`FULL_FINE_TUNING_LR`: the head's 1e-3 moves a pretrained
 backbone too far); every other setting is the task config's.
 
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     recipe = load_recipe()
     out = args.out or REPO / "runs" / "heads" / args.task
     common = (QUICK if args.quick else []) + ([f"training.total_steps={args.steps}"] if args.steps else []) + args.set
-    cache = ["feature_cache=disk", f"cache_dir={out / 'feature-cache'}"]  # frozen heads: one cache for all runs
+    cache = ["feature_cache=disk"]  # frozen heads: one on-disk cache (the config's cache_dir) for all runs
     rows, run_dirs = [], {}
     for seed in args.seeds:
         for head in args.heads:

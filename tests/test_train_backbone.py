@@ -1,29 +1,17 @@
 """Full fine-tuning (`train_backbone=True`): every backbone weight trains (in eval mode), training checkpoints keep
 the trained backbone, the saved folder holds it (not a reference to the untrained name), and a resumed run is exact."""
 
-import importlib.util
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from test_backbones import make_tiny_backbone
-from test_train_hybrid import overrides
+from test_train_hybrid import bert, overrides, train_hybrid  # noqa: F401  (bert: module fixture)
 
 from hybrid.models.configuration_hybrid import HybridRecursiveConfig
 from hybrid.models.modeling_hybrid import HybridRecursiveForSequenceClassification
 from hybrid.train.config import HybridTrainConfig
-
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("train_hybrid", REPO / "recipes" / "train_hybrid.py")
-train_hybrid = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train_hybrid)
-
-
-@pytest.fixture(scope="module")
-def bert(tmp_path_factory):
-    return make_tiny_backbone("bert", tmp_path_factory.mktemp("bb") / "bert")
 
 
 def _model(backbone) -> HybridRecursiveForSequenceClassification:

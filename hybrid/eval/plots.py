@@ -15,6 +15,13 @@ def _figure(width: float, height: float):
     return fig
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
 def plot_sweep(rows: list[dict], path, *, trained_steps: int | None = None) -> Path:
     """PNG: exact and token accuracy against supervision steps (log2 axis), one line per (T, n); a dotted line marks
     the trained depth."""
@@ -36,10 +43,7 @@ def plot_sweep(rows: list[dict], path, *, trained_steps: int | None = None) -> P
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
 
 
 def plot_adaptive(fixed: list[dict], adaptive: list[dict], path) -> Path:
@@ -61,10 +65,7 @@ def plot_adaptive(fixed: list[dict], adaptive: list[dict], path) -> Path:
     ax.set_ylabel("exact accuracy")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
 
 
 def plot_accuracy_vs_k(curves: dict[str, dict[int, list[float]]], path, *, trained_k: list[int] | None = None) -> Path:
@@ -93,10 +94,7 @@ def plot_accuracy_vs_k(curves: dict[str, dict[int, list[float]]], path, *, train
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
 
 
 __all__ = ["plot_accuracy_vs_k", "plot_adaptive", "plot_sweep"]

@@ -1,5 +1,5 @@
-"""Plots of the research tools: accuracy against supervision steps (depth sweeps) and against mean steps per example
-(adaptive halting)."""
+"""Plots of the research tools: accuracy against supervision steps (depth sweeps), against mean steps per example
+(adaptive halting), and against reasoning depth k with one line per head (the heads benchmark)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,13 @@ def _figure(width: float, height: float):
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
     return fig
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
 
 
 def plot_sweep(rows: list[dict], path, *, trained_steps: int | None = None) -> Path:
@@ -36,10 +43,7 @@ def plot_sweep(rows: list[dict], path, *, trained_steps: int | None = None) -> P
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
 
 
 def plot_adaptive(fixed: list[dict], adaptive: list[dict], path) -> Path:
@@ -61,10 +65,36 @@ def plot_adaptive(fixed: list[dict], adaptive: list[dict], path) -> Path:
     ax.set_ylabel("exact accuracy")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
 
 
-__all__ = ["plot_adaptive", "plot_sweep"]
+def plot_accuracy_vs_k(curves: dict[str, dict[int, list[float]]], path, *, trained_k: list[int] | None = None) -> Path:
+    """PNG: accuracy against depth k, one line per head: the mean over seeds with a band of +- one standard deviation
+    (sample std; no band for a single seed). curves: head -> k -> one accuracy (0..1) per seed. A shaded span marks
+    the trained depths."""
+    import statistics
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"{path}: the accuracy-vs-k plot is written as .png")
+    fig = _figure(7, 4.5)
+    ax = fig.subplots()
+    if trained_k:
+        ax.axvspan(min(trained_k) - 0.3, max(trained_k) + 0.3, color="grey", alpha=0.15, label="trained k")
+    for head, by_k in curves.items():
+        ks = sorted(by_k)
+        means = [100 * statistics.fmean(by_k[k]) for k in ks]
+        (line,) = ax.plot(ks, means, marker="o", label=head)
+        if all(len(by_k[k]) > 1 for k in ks):
+            spread = [100 * statistics.stdev(by_k[k]) for k in ks]
+            ax.fill_between(ks, [m - s for m, s in zip(means, spread)], [m + s for m, s in zip(means, spread)],
+                            color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("k (kinship facts to chain)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+__all__ = ["plot_accuracy_vs_k", "plot_adaptive", "plot_sweep"]

@@ -39,6 +39,9 @@ class HybridRecursiveConfig(PreTrainedConfig):
         output classes and their names (transformers' own fields).
     lora_r: 0 keeps the backbone frozen; > 0 trains LoRA adapters of that rank (PEFT) with `lora_alpha` and
         `lora_target_modules` (None: PEFT's default for the architecture).
+    train_backbone: train every backbone weight (full fine-tuning; with `head="linear"` the baseline of most
+        benchmark papers). The backbone still runs in eval mode (no dropout); its trained weights are kept in
+        training checkpoints and always saved by `save_pretrained`. Exclusive with `lora_r`.
     backbone_in_checkpoint: written by `save_pretrained`: whether the saved weights include the backbone's.
     """
 
@@ -68,6 +71,7 @@ class HybridRecursiveConfig(PreTrainedConfig):
     lora_r: int = 0
     lora_alpha: int = 16
     lora_target_modules: list[str] | None = None
+    train_backbone: bool = False
     backbone_in_checkpoint: bool = False
 
     def __post_init__(self, **kwargs):
@@ -101,6 +105,9 @@ class HybridRecursiveConfig(PreTrainedConfig):
             )
         if self.lora_r < 0:
             raise ValueError(f"HybridRecursiveConfig.lora_r must be >= 0 (0 = frozen backbone), got {self.lora_r}")
+        if self.train_backbone and self.lora_r > 0:
+            raise ValueError("HybridRecursiveConfig: train_backbone=True trains every backbone weight; set lora_r=0 "
+                             f"(got lora_r={self.lora_r})")
 
 
 __all__ = ["HybridRecursiveConfig", "DEFAULT_BACKBONE"]

@@ -147,7 +147,7 @@ class HybridRecursivePreTrainedModel(PreTrainedModel):
             else:
                 backbone = AutoModel.from_config(config.backbone_model_config)
         config.backbone_model_config = backbone.config
-        backbone.requires_grad_(False)
+        backbone.requires_grad_(config.train_backbone)
         backbone.eval()
         if config.lora_r > 0:
             backbone = _with_lora(backbone, config)
@@ -197,8 +197,10 @@ class HybridRecursivePreTrainedModel(PreTrainedModel):
         return self.reasoner.encoder.features(input_ids, attention_mask, token_type_ids)
 
     def is_checkpointed_key(self, key: str) -> bool:
-        """State-dict entries a training checkpoint holds: everything but the frozen backbone (rebuilt from its
-        name); a LoRA adapter inside it is kept."""
+        """State-dict entries a training checkpoint holds: everything but a frozen backbone (rebuilt from its name);
+        a LoRA adapter inside it is kept, and so is a backbone that is trained (`train_backbone`)."""
+        if self.config.train_backbone:
+            return True
         return not key.startswith(f"{self.base_model_prefix}.encoder.backbone.") or is_adapter_key(key)
 
     def act_loss(self, *, generator: torch.Generator | None = None) -> ACTLoss:
@@ -255,7 +257,9 @@ class HybridRecursivePreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory: str | os.PathLike, *, save_backbone: bool = False, state_dict=None, **kwargs):
         """`PreTrainedModel.save_pretrained` (config.json, model.safetensors, `push_to_hub=True` and every other
         argument it takes) with the backbone kept by reference: its name is in the config and its weights are left
-        out unless `save_backbone=True`. A LoRA adapter goes to `adapter/` in PEFT's format. Adds a model card."""
+        out unless `save_backbone=True`. A trained backbone (`train_backbone`) is always saved: its name refers to
+        the weights before training. A LoRA adapter goes to `adapter/` in PEFT's format. Adds a model card."""
+        save_backbone = save_backbone or self.config.train_backbone
         if not save_backbone and self.config.backbone_name_or_path is None:
             raise ValueError("the backbone has no name or path to refer to; save it with save_backbone=True")
         path = Path(save_directory)
@@ -320,8 +324,11 @@ class HybridRecursivePreTrainedModel(PreTrainedModel):
         head_params = sum(p.numel() for n, p in self.named_parameters() if ".backbone." not in n)
         adapter_params = sum(p.numel() for n, p in self.named_parameters() if is_adapter_key(n))
         where = "stored in this folder" if c.backbone_in_checkpoint else f"loaded from `{c.backbone_name_or_path}`"
+        if c.train_backbone:
+            where = f"fine-tuned from `{c.backbone_name_or_path}`, stored in this folder"
         auto = "AutoModelForTokenClassification" if self.task == "token" else "AutoModelForSequenceClassification"
         lora = f"LoRA rank {c.lora_r} ({adapter_params} adapter parameters, in `{ADAPTER_FOLDER}/`)" if c.lora_r else "frozen"
+        lora = "every weight trained" if c.train_backbone else lora
         return f"""---
 library_name: transformers
 tags: [hybrid-recursive, {c.core}, recursive-reasoning]

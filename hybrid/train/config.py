@@ -150,7 +150,8 @@ class HybridTrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     # Frozen backbones: compute each example's features once ("memory", or "disk" under cache_dir) instead of at
-    # every supervision step and epoch. Must be "none" with LoRA (the backbone then changes while training).
+    # every supervision step and epoch. Must be "none" with LoRA or model.train_backbone (the backbone then changes
+    # while training).
     feature_cache: Literal["memory", "disk", "none"] = "memory"  # not "off": YAML reads off as false
     # Stored precision of cached features: half the memory of float32; the head computes in float32 either way.
     feature_cache_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
@@ -165,10 +166,12 @@ class HybridTrainConfig:
         if unknown:
             raise ValueError(f"unknown key 'model.{unknown[0]}'. Valid keys in model: {', '.join(hybrid_model_keys())}")
         # Checked now (placeholder classes), so a bad value fails at load time, before any backbone is loaded.
-        if self.backbone_dtype != "float32" and self.model_config(task="sequence", num_labels=2).lora_r > 0:
-            raise ValueError("backbone_dtype applies to a frozen backbone; with model.lora_r > 0 keep it float32")
-        if self.model_config(task="sequence", num_labels=2).lora_r > 0 and self.feature_cache != "none":
-            raise ValueError("model.lora_r > 0 trains the backbone, so its features cannot be cached: set feature_cache=none")
+        model = self.model_config(task="sequence", num_labels=2)
+        trained = "model.lora_r > 0" if model.lora_r > 0 else "model.train_backbone=true" if model.train_backbone else None
+        if trained is not None and self.backbone_dtype != "float32":
+            raise ValueError(f"backbone_dtype applies to a frozen backbone; with {trained} keep it float32")
+        if trained is not None and self.feature_cache != "none":
+            raise ValueError(f"{trained} trains the backbone, so its features cannot be cached: set feature_cache=none")
 
     def model_config(self, *, task: str, num_labels: int, id2label: dict[int, str] | None = None) -> HybridRecursiveConfig:
         """The model's config: this section plus what the data decides."""

@@ -9,10 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from hybrid.config import from_dict, load_config
+from hybrid.models.pure import build_pure_model
 from hybrid.scaling.grid import StudyConfig, expand_grid
+from hybrid.train.config import PureTrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "study" / "trm_ablations.yaml"
@@ -42,6 +45,26 @@ def test_variants_expand_to_one_point_per_row_and_seed():
     assert changed["act_continue"] == {"arch.no_ACT_continue": "false"}
     assert changed["attention"] == {"arch.mlp_t": "false", "arch.pos_encodings": "rope"}
     assert changed["hrm"]["arch.family"] == "hrm"
+
+
+def test_every_row_builds_its_model():
+    study = load_config(StudyConfig, CONFIG)
+    dense, kinds = {}, {}
+    for p in expand_grid(study):
+        if p.seed:
+            continue
+        cfg = load_config(PureTrainConfig, CONFIG.parent / study.base_config, p.overrides)
+        arch = cfg.arch_config({"seq_len": 36, "vocab_size": 8, "num_puzzle_identifiers": 1})
+        with torch.device("meta"):
+            reasoner, _ = build_pure_model(arch)
+        dense[p.values["variant"]] = sum(q.numel() for q in reasoner.parameters() if q.requires_grad)
+        kinds[p.values["variant"]] = (arch.family, arch.H_cycles, arch.L_cycles, arch.L_layers, arch.mlp_t)
+    assert kinds["trm"] == ("trm", 3, 6, 2, True) and kinds["T2_n2"] == ("trm", 2, 2, 2, True)
+    assert kinds["layers4_n3"] == ("trm", 3, 3, 4, True) and kinds["single_z"][0] == "trm_singlez"
+    assert kinds["hrm"] == ("hrm", 2, 2, 4, False) and kinds["attention"][4] is False
+    # same network, other schedule: equal sizes; twice the layers: more; HRM's two 4-layer networks: the most
+    assert dense["trm"] == dense["T2_n2"] == dense["no_ema"] == dense["single_z"]
+    assert dense["trm"] < dense["layers4_n3"] < dense["hrm"]
 
 
 def test_variants_must_be_override_lists():

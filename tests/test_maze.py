@@ -128,3 +128,29 @@ def test_generator_path_rules(tmp_path):
     assert differ > 0
     with pytest.raises(ValueError, match="path_rule 'dfs'"):
         generate_maze(np.random.default_rng(0), 6, wall_density=0.3, min_path_len=4, path_rule="dfs")
+
+
+def test_cpu_maze_configs_build_their_model_for_the_data_their_header_builds():
+    import shlex
+    from pathlib import Path
+
+    import torch
+
+    from hybrid.config import load_config
+    from hybrid.models.pure import build_pure_model
+    from hybrid.train.config import PureTrainConfig
+
+    dense_params = {"maze6": 157_570, "maze10": 131_970}  # as train_pure.py logs them
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs" / "cpu").glob("maze*.yaml"))
+    assert {p.stem for p in configs} == set(dense_params)
+    for path in configs:
+        build = shlex.split(path.read_text().splitlines()[0].split("&&")[0].lstrip("# "))
+        assert build[:3] == ["python", "recipes/build_data.py", "maze-gen"], path
+        flags = dict(zip(build[3::2], build[4::2]))
+        cfg = load_config(PureTrainConfig, path)
+        assert flags["--output-dir"] == cfg.data.path, path
+        side = int(flags["--size"])
+        arch = cfg.arch_config({"seq_len": side * side, "vocab_size": 6, "num_puzzle_identifiers": 1})
+        with torch.device("meta"):
+            reasoner, _ = build_pure_model(arch)
+        assert sum(p.numel() for p in reasoner.parameters() if p.requires_grad) == dense_params[path.stem], path

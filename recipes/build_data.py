@@ -70,6 +70,8 @@ def maze_gen_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-size", type=int, required=True)
     parser.add_argument("--test-size", type=int, default=0)
     parser.add_argument("--aug", action="store_true", help="add the 8 dihedral transforms to the training split")
+    parser.add_argument("--path-rule", choices=sorted(maze.PATH_RULES), default="maze-hard",
+                        help="which shortest path the label draws: Maze-Hard's (default) or BFS parent pointers")
     _output_flags(parser)
 
 

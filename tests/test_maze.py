@@ -11,7 +11,9 @@ from hybrid.data.maze import (
     build_maze,
     decode,
     dihedral,
+    generate_maze,
     generate_maze_dataset,
+    maze_hard_path,
     read_maze_csv,
     shortest_path,
 )
@@ -90,3 +92,65 @@ def test_generator_is_seeded_and_respects_min_path(tmp_path):
         assert (grid == START).sum() == 1 and (grid == GOAL).sum() == 1 and (grid == WALL).any()
         assert _assert_label_is_shortest_path(grid, lab) >= 20
     assert "S" in decode(ds.inputs[0])
+
+
+def _draw(grid: np.ndarray, path: list) -> np.ndarray:
+    label = grid.copy()
+    for cell in path[1:-1]:
+        label[cell] = PATH
+    return label
+
+
+def test_maze_hard_path_rule_reproduces_every_official_label(data_dir):
+    root = data_dir / "maze-30x30-hard-1k"
+    if not root.is_dir():
+        pytest.skip(f"{root} missing")
+    bfs_matches = 0
+    for split in ("train", "test"):
+        ds = read_split(root, split)
+        for inp, lab in zip(np.asarray(ds.inputs), np.asarray(ds.labels)):
+            grid = inp.reshape(30, 30)
+            np.testing.assert_array_equal(_draw(grid, maze_hard_path(grid)).ravel(), lab)
+            bfs_matches += np.array_equal(_draw(grid, shortest_path(grid)).ravel(), lab)
+    assert bfs_matches < 20  # the rule matters: BFS parent pointers draw another of the many shortest paths
+
+
+def test_generator_path_rules(tmp_path):
+    rng_args = dict(size=10, wall_density=0.3, min_path_len=12)
+    differ = 0
+    for index in range(20):
+        grid, label = generate_maze(np.random.default_rng([0, index]), **rng_args)
+        old_grid, old_label = generate_maze(np.random.default_rng([0, index]), **rng_args, path_rule="bfs")
+        np.testing.assert_array_equal(grid, old_grid)  # the rule changes only which shortest path is drawn
+        np.testing.assert_array_equal(label, _draw(grid, maze_hard_path(grid)))
+        np.testing.assert_array_equal(old_label, _draw(grid, shortest_path(grid)))
+        differ += not np.array_equal(label, old_label)
+    assert differ > 0
+    with pytest.raises(ValueError, match="path_rule 'dfs'"):
+        generate_maze(np.random.default_rng(0), 6, wall_density=0.3, min_path_len=4, path_rule="dfs")
+
+
+def test_cpu_maze_configs_build_their_model_for_the_data_their_header_builds():
+    import shlex
+    from pathlib import Path
+
+    import torch
+
+    from hybrid.config import load_config
+    from hybrid.models.pure import build_pure_model
+    from hybrid.train.config import PureTrainConfig
+
+    dense_params = {"maze6": 157_570, "maze10": 131_970}  # as train_pure.py logs them
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs" / "cpu").glob("maze*.yaml"))
+    assert {p.stem for p in configs} == set(dense_params)
+    for path in configs:
+        build = shlex.split(path.read_text().splitlines()[0].split("&&")[0].lstrip("# "))
+        assert build[:3] == ["python", "recipes/build_data.py", "maze-gen"], path
+        flags = dict(zip(build[3::2], build[4::2]))
+        cfg = load_config(PureTrainConfig, path)
+        assert flags["--output-dir"] == cfg.data.path, path
+        side = int(flags["--size"])
+        arch = cfg.arch_config({"seq_len": side * side, "vocab_size": 6, "num_puzzle_identifiers": 1})
+        with torch.device("meta"):
+            reasoner, _ = build_pure_model(arch)
+        assert sum(p.numel() for p in reasoner.parameters() if p.requires_grad) == dense_params[path.stem], path

@@ -112,6 +112,32 @@ def shortest_path(grid: np.ndarray) -> list[tuple[int, int]] | None:
     return path[::-1]
 
 
+# Maze-Hard's labels walk from S to G, each move to a neighbour one step closer to G, trying down, left, right, up in
+# that order (checked against all 2000 official mazes by tests/test_maze.py). Maze-Hard mazes have millions of shortest
+# paths, so which one is drawn is part of the task; this rule is local (a greedy descent of the distance to G), whereas
+# BFS parent pointers depend on the global visiting order.
+MAZE_HARD_MOVES = ((1, 0), (0, -1), (0, 1), (-1, 0))
+
+
+def maze_hard_path(grid: np.ndarray) -> list[tuple[int, int]] | None:
+    """The shortest S-to-G path Maze-Hard draws (cells, S and G included), or None when G is unreachable."""
+    start = tuple(int(v) for v in np.argwhere(grid == START)[0])
+    goal = tuple(int(v) for v in np.argwhere(grid == GOAL)[0])
+    to_goal = bfs_distances(grid, goal)
+    if to_goal[start] < 0:
+        return None
+    path = [start]
+    while path[-1] != goal:
+        r, c = path[-1]
+        path.append(next((r + dr, c + dc) for dr, dc in MAZE_HARD_MOVES
+                          if 0 <= r + dr < grid.shape[0] and 0 <= c + dc < grid.shape[1]
+                          and to_goal[r + dr, c + dc] == to_goal[r, c] - 1))
+    return path
+
+
+PATH_RULES = {"maze-hard": maze_hard_path, "bfs": shortest_path}
+
+
 def augment_dihedral(inputs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """[N, k*k] -> [N, 8, k*k]: the 8 dihedral copies of every maze, t0 first."""
     n, cells = inputs.shape
@@ -200,10 +226,13 @@ def build_maze(
 
 
 def generate_maze(rng: np.random.Generator, size: int, *, wall_density: float, min_path_len: int,
-                  max_tries: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
-    """Random walls at `wall_density`, S at the far end of a random component, and G drawn among the cells at least `min_path_len` cells away
-    (S and G included); retried until such a cell exists. Returns (input, label) [size, size] ids, label = input + one
-    BFS shortest path."""
+                  path_rule: str = "maze-hard", max_tries: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
+    """Random walls at `wall_density`, S at the far end of a random component, and G drawn among the cells at least
+    `min_path_len` cells away (S and G included); retried until such a cell exists. Returns (input, label)
+    [size, size] ids, label = input + the shortest path chosen by `path_rule` ("maze-hard": Maze-Hard's own choice,
+    see maze_hard_path; "bfs": BFS parent pointers, this generator's first behaviour)."""
+    if path_rule not in PATH_RULES:
+        raise ValueError(f"path_rule {path_rule!r} must be one of {sorted(PATH_RULES)}")
     for _ in range(max_tries):
         grid = np.where(rng.random((size, size)) < wall_density, WALL, OPEN).astype(np.uint8)
         open_cells = np.argwhere(grid == OPEN)
@@ -218,7 +247,7 @@ def generate_maze(rng: np.random.Generator, size: int, *, wall_density: float, m
             continue
         grid[start], grid[tuple(far[rng.integers(len(far))])] = START, GOAL
         label = grid.copy()
-        for cell in shortest_path(grid)[1:-1]:
+        for cell in PATH_RULES[path_rule](grid)[1:-1]:
             label[cell] = PATH
         return grid, label
     raise ValueError(f"no {size}x{size} maze with a path of >= {min_path_len} cells at wall density {wall_density} "
@@ -226,12 +255,12 @@ def generate_maze(rng: np.random.Generator, size: int, *, wall_density: float, m
 
 
 def generate_mazes(count: int, *, size: int, wall_density: float, min_path_len: int, seed: int, first_index: int = 0,
-                   desc: str = "maze-gen") -> tuple[np.ndarray, np.ndarray]:
+                   path_rule: str = "maze-hard", desc: str = "maze-gen") -> tuple[np.ndarray, np.ndarray]:
     """[count, size*size] inputs and labels; maze i depends only on (seed, first_index + i)."""
     inputs, labels = [], []
     for index in tqdm(range(first_index, first_index + count), desc=desc):
         q, a = generate_maze(np.random.default_rng([seed, index]), size, wall_density=wall_density,
-                             min_path_len=min_path_len)
+                             min_path_len=min_path_len, path_rule=path_rule)
         inputs.append(q.ravel())
         labels.append(a.ravel())
     return np.asarray(inputs).reshape(count, size * size), np.asarray(labels).reshape(count, size * size)
@@ -239,21 +268,24 @@ def generate_mazes(count: int, *, size: int, wall_density: float, min_path_len: 
 
 def generate_maze_dataset(
     output_dir: Path, *, train_size: int, test_size: int = 0, size: int = 30, wall_density: float = 0.37,
-    min_path_len: int = 110, aug: bool = False, seed: int = 0, overwrite: bool = False,
+    min_path_len: int = 110, aug: bool = False, seed: int = 0, path_rule: str = "maze-hard", overwrite: bool = False,
 ) -> Path:
     """Write `train_size` (and `test_size`) generated `size` x `size` mazes to `output_dir` in the official format;
     return `output_dir`.
 
     wall_density: the fraction of wall cells drawn (Maze-Hard averages 37%).
     min_path_len: the fewest cells on the shortest start-goal path, S and G included (Maze-Hard: 110).
-    aug: add the 8 dihedral transforms to the training split.
+    aug: add the 8 dihedral transforms to the training split. Maze-Hard's path choice prefers moves in a fixed
+        order, so with aug the labels follow 8 different move orders and which one a maze got is not visible in
+        its input.
+    path_rule: which shortest path the label draws ("maze-hard" or "bfs", see generate_maze).
     Maze i depends only on (seed, i); test mazes take the indices after the training ones.
     overwrite: replace an existing `output_dir` (else FileExistsError).
     Raises ValueError for a size below 1 (train) / 0 (test) or when no maze with such a path is found.
     """
     if train_size < 1 or test_size < 0:
         raise ValueError(f"--train-size {train_size} must be >= 1 and --test-size {test_size} >= 0")
-    common = dict(size=size, wall_density=wall_density, min_path_len=min_path_len, seed=seed)
+    common = dict(size=size, wall_density=wall_density, min_path_len=min_path_len, seed=seed, path_rule=path_rule)
     train = generate_mazes(train_size, **common, desc="maze-gen train")
     test = generate_mazes(test_size, **common, first_index=train_size, desc="maze-gen test")
     with atomic_output_dir(output_dir, overwrite=overwrite) as out:

@@ -56,7 +56,10 @@ class StudyConfig:
     recipe: Literal["train_pure", "train_hybrid"]
     base_config: str  # the recipe config every point starts from, relative to this file
     output_dir: str  # study.csv, study.json, plots, and points/<name>/ (each point's run folder)
-    grid: dict  # dotted recipe key -> list of values; the points are the product, in this order
+    grid: dict = field(default_factory=dict)  # dotted recipe key -> list of values; the points are their product
+    # Named rows (name -> list of key=value), crossed with the grid and the seeds: variants that differ in several
+    # keys at once, such as the rows of an ablation table. A point's name starts with variant-<name>.
+    variants: dict = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0])  # run.seed of each point, innermost axis
     overrides: list[str] = field(default_factory=list)  # key=value applied to every point (before the grid values)
     follow: dict = field(default_factory=dict)  # dotted key -> grid key whose value it copies (e.g. a width)
@@ -68,8 +71,11 @@ class StudyConfig:
     device_flops_per_s: float | None = None  # sustained training FLOP/s of one process, for --dry-run's time
 
     def __post_init__(self):
-        if not self.grid:
-            raise ValueError("grid must name at least one axis (dotted key -> list of values)")
+        if not self.grid and not self.variants:
+            raise ValueError("grid must name at least one axis (dotted key -> list of values), or variants one row")
+        for name, overrides in self.variants.items():
+            if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+                raise ValueError(f"variants.{name} must be a list of key=value overrides, got {overrides!r}")
         # A command-line override grid.arch.T=[1,2] arrives nested ({"arch": {"T": ...}}): back to dotted keys.
         self.grid = _flatten(self.grid)
         for key, values in self.grid.items():
@@ -143,13 +149,17 @@ def _format(value) -> str:
 
 
 def expand_grid(cfg: StudyConfig) -> list[Point]:
-    """Every point of the grid (the product of the axes, seeds innermost), named by its values."""
+    """Every point of the grid (the product of the variants, the axes and the seeds, seeds innermost), named by its
+    values."""
     keys = list(cfg.grid)
-    short = _short_names(keys + ["run.seed"])
+    rows = ["variant"] if cfg.variants else []
+    short = _short_names(rows + keys + ["run.seed"])
     points = []
-    for combo in itertools.product(*(cfg.grid[k] for k in keys), cfg.seeds):
-        values = dict(zip(keys + ["run.seed"], combo))
-        overrides = list(cfg.overrides) + [f"{k}={_format(values[k])}" for k in keys]
+    axes = ([list(cfg.variants)] if cfg.variants else []) + [cfg.grid[k] for k in keys]
+    for combo in itertools.product(*axes, cfg.seeds):
+        values = dict(zip(rows + keys + ["run.seed"], combo))
+        overrides = list(cfg.overrides) + list(cfg.variants.get(values.get("variant"), []))
+        overrides += [f"{k}={_format(values[k])}" for k in keys]
         overrides += [f"{key}={_format(values[source])}" for key, source in cfg.follow.items()]
         overrides.append(f"run.seed={values['run.seed']}")
         name = "_".join(f"{short[k]}-{_format(v)}" for k, v in values.items())

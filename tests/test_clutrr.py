@@ -118,7 +118,7 @@ def test_task_options_and_errors(tmp_path):
 def test_real_clutrr(data_dir):
     folder = data_dir / "clutrr"
     if not folder.is_dir():
-        pytest.skip(f"{folder} does not exist")
+        pytest.skip(f"the CLUTRR data folder {folder} does not exist (set HYBRID_DATA_DIR to the shared data)")
     task = make_task(HybridTaskConfig(name="clutrr", data_dir=str(folder)))
     assert len(task.train) == 6049 and task.num_labels == 18 and set(task.train["k"]) == {2, 3}
     sizes = {name: len(s) for name, s in task.tests.items()}

@@ -104,7 +104,7 @@ def _draw(grid: np.ndarray, path: list) -> np.ndarray:
 def test_maze_hard_path_rule_reproduces_every_official_label(data_dir):
     root = data_dir / "maze-30x30-hard-1k"
     if not root.is_dir():
-        pytest.skip(f"{root} missing")
+        pytest.skip(f"the Maze-Hard data folder {root} does not exist (set HYBRID_DATA_DIR to the shared data)")
     bfs_matches = 0
     for split in ("train", "test"):
         ds = read_split(root, split)

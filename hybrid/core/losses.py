@@ -107,8 +107,8 @@ def act_metrics(
 
 class StepResult(NamedTuple):
     """One supervision step with its loss. `outputs` holds the model outputs (logits with their graph), the argmax
-    `preds` and, with labels, each row's detached loss terms `lm_loss`, `q_halt_loss` (and `q_continue_loss`) [B], so
-    rollouts can account for rows that stop at different steps."""
+    `preds` and, with labels in eval mode, each row's detached loss terms `lm_loss`, `q_halt_loss` (and
+    `q_continue_loss`) [B], so rollouts can account for rows that stop at different steps."""
 
     carry: ACTCarry
     loss: Tensor | None  # sum over slots; None without labels
@@ -146,17 +146,19 @@ class ACTLoss(nn.Module):
         metrics["lm_loss"] = lm_loss.detach()
         metrics["q_halt_loss"] = halt_loss.detach()
         loss = lm_loss + 0.5 * halt_loss
-        with torch.no_grad():
-            outputs["lm_loss"] = row_lm_loss.detach()
-            outputs["q_halt_loss"] = F.binary_cross_entropy_with_logits(
-                outputs["q_halt_logits"], seq_correct.to(outputs["q_halt_logits"].dtype), reduction="none"
-            )
         if "target_q_continue" in outputs:
             continue_loss = q_continue_loss(outputs["q_continue_logits"], outputs["target_q_continue"])
             metrics["q_continue_loss"] = continue_loss.detach()
             loss = loss + 0.5 * continue_loss
+        if not self.training:
+            # Per-row terms for rollouts, whose rows stop at different steps; training reads only the sums above.
             with torch.no_grad():
-                outputs["q_continue_loss"] = F.binary_cross_entropy_with_logits(
-                    outputs["q_continue_logits"], outputs["target_q_continue"], reduction="none"
+                outputs["lm_loss"] = row_lm_loss.detach()
+                outputs["q_halt_loss"] = F.binary_cross_entropy_with_logits(
+                    outputs["q_halt_logits"], seq_correct.to(outputs["q_halt_logits"].dtype), reduction="none"
                 )
+                if "target_q_continue" in outputs:
+                    outputs["q_continue_loss"] = F.binary_cross_entropy_with_logits(
+                        outputs["q_continue_logits"], outputs["target_q_continue"], reduction="none"
+                    )
         return StepResult(carry, loss, metrics, outputs, carry.halted.all())

@@ -134,13 +134,12 @@ def training_flops(run_dir: Path, examples: int = 8) -> dict[str, float]:
     """Training FLOPs per example of one supervision step, measured (see the module docstring): {"head": ...,
     "backbone": ... (0 for a frozen backbone)}."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from hybrid.config import load_config
     from hybrid.core.rollout import rollout
     from hybrid.data.tasks import make_task
     from hybrid.data.text_tasks import TextCollator, tokenize_dataset
-    from hybrid.eval.compute import _EXTRA_FLOP_FORMULAS
+    from hybrid.eval.compute import flop_counter
     from hybrid.models.backbones import backbone_max_length, load_backbone
     from hybrid.models.modeling_hybrid import hybrid_model_for
     from hybrid.train.config import HybridTrainConfig
@@ -156,7 +155,7 @@ def training_flops(run_dir: Path, examples: int = 8) -> dict[str, float]:
     batch = TextCollator(tokenizer.pad_token_id, pad_to=pad_to)(list(train.select(range(examples))))
 
     def step_flops(batch) -> int:
-        counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
+        counter = flop_counter()
         with counter:
             step = next(rollout(model.act_loss(), batch, max_steps=m.halt_max_steps))
             step.result.loss.backward()

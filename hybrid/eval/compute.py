@@ -53,13 +53,18 @@ def _cpu_attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> 
 _EXTRA_FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
 
 
+def flop_counter() -> FlopCounterMode:
+    """torch's FLOP counter, with the fused CPU attention kernel counted too."""
+    return FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
+
+
 class CoreFlops:
     """Context manager counting the matmul FLOPs spent inside the recursive core while it is active (none without
     a core)."""
 
     def __init__(self, model: nn.Module):
         self.core = recursive_core(model)
-        self.counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
+        self.counter = flop_counter()
         self.flops = 0
 
     def __enter__(self) -> Self:
@@ -83,4 +88,4 @@ class CoreFlops:
             hook.remove()
 
 
-__all__ = ["CoreFlops", "RECURSIVE_CORES", "cycle_counts", "per_example_compute", "recursive_core"]
+__all__ = ["CoreFlops", "RECURSIVE_CORES", "cycle_counts", "flop_counter", "per_example_compute", "recursive_core"]

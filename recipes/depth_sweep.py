@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from hybrid.cli import check_model_and_data, model_data_parser
 from hybrid.eval.compute import cycle_counts
 from hybrid.eval.depth import adaptive_evaluate, depth_sweep
 from hybrid.eval.plots import plot_adaptive, plot_sweep
@@ -32,10 +33,7 @@ log = get_logger("hybrid.depth_sweep")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, type=Path, help="pure run / checkpoint folder, or hybrid model folder")
-    parser.add_argument("--data", required=True, type=Path)
-    parser.add_argument("--split", default="test")
+    parser = model_data_parser(__doc__)
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--H-cycles", type=int, nargs="+", default=None, help="T values (default: the trained T)")
     parser.add_argument("--L-cycles", type=int, nargs="+", default=None, help="n values (default: the trained n)")
@@ -60,10 +58,7 @@ def init_processes() -> tuple[int, int]:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    if not args.checkpoint.exists():
-        raise UserError(f"--checkpoint {args.checkpoint} does not exist")
-    if not args.data.is_dir():
-        raise UserError(f"--data {args.data} is not a folder")
+    check_model_and_data(args)
     rank, world = init_processes()
     model = load_research_model(args.checkpoint)
     check_grid_data(model, args.data, args.split)

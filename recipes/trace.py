@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from hybrid.cli import check_model_and_data, model_data_parser
 from hybrid.eval.research import check_grid_data, load_research_model, research_batches
 from hybrid.eval.pictures import KINDS
 from hybrid.eval.traces import (
@@ -30,10 +31,7 @@ log = get_logger("hybrid.trace")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, type=Path, help="pure run / checkpoint folder, or hybrid model folder")
-    parser.add_argument("--data", required=True, type=Path)
-    parser.add_argument("--split", default="test")
+    parser = model_data_parser(__doc__)
     parser.add_argument("--examples", type=int, nargs="+", default=[0, 1, 2, 3], help="indices into the split")
     parser.add_argument("--steps", type=int, default=None, help="supervision steps (default: the trained number)")
     parser.add_argument("--H-cycles", type=int, default=None, help="override T")
@@ -83,10 +81,7 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    if not args.checkpoint.exists():
-        raise UserError(f"--checkpoint {args.checkpoint} does not exist")
-    if not args.data.is_dir():
-        raise UserError(f"--data {args.data} is not a folder")
+    check_model_and_data(args)
     model = load_research_model(args.checkpoint)
     if model.kind == "pure" and args.kind is None:
         raise UserError(f"--kind ({', '.join(KINDS)}) is needed to draw the grids of a pure model")

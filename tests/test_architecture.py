@@ -14,6 +14,7 @@ LAYERS = {
     "hybrid": 0,  # the package's own __init__ only
     "hybrid.utils": 0,
     "hybrid.config": 0,
+    "hybrid.cli": 0,
     "hybrid.core": 1,
     "hybrid.optim": 2,
     "hybrid.models": 2,

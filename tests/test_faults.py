@@ -410,3 +410,12 @@ def test_research_recipes_reject_data_of_another_shape(tmp_path, sudoku4, capfd,
     load_recipe("trace").main(["--checkpoint", str(run), "--data", str(six), "--kind", "sudoku", "--examples", "0",
                                "--steps", "1", "--out", str(out)])
     assert (out / "example_0.png").is_file()
+
+
+@pytest.mark.parametrize("recipe", ["depth_sweep", "trace"])
+def test_research_recipes_name_a_missing_checkpoint_or_data_folder(tmp_path, recipe):
+    main = load_recipe(recipe).main
+    with pytest.raises(UserError, match=f"--checkpoint {tmp_path / 'nope'} does not exist"):
+        main(["--checkpoint", str(tmp_path / "nope"), "--data", str(tmp_path)])
+    with pytest.raises(UserError, match="--data .* is not a folder"):
+        main(["--checkpoint", str(tmp_path), "--data", str(tmp_path / "nope")])

@@ -14,6 +14,7 @@ from hybrid.models.modeling_hybrid import (
     HybridRecursiveForTokenClassification,
     hybrid_model_for,
 )
+from hybrid.models.reasoner import Reasoner
 
 HEAD = dict(hidden_size=32, num_heads=2, H_cycles=2, L_cycles=2, L_layers=1, H_layers=1, halt_max_steps=2)
 
@@ -199,3 +200,51 @@ def test_bad_inputs_raise_clear_errors(tiny_backbones, tmp_path):
     model.config.backbone_name_or_path = None
     with pytest.raises(ValueError, match="no name or path to refer to"):
         model.save_pretrained(tmp_path / "x")
+
+
+@pytest.mark.parametrize("task", ["token", "sequence"])
+def test_all_padding_columns_are_cut_without_changing_any_output(tiny_backbones, task):
+    """The training carry is padded to the longest training text; the reasoner cuts the columns that are padding in
+    every row. Same logits, Q logits and latents at every real position as the uncut step, on a core that really saw
+    the shorter length."""
+    _, tokenizer = load_backbone(str(tiny_backbones["bert"]))
+    make = _sudoku_batch if task == "token" else _chain_batch
+    longest = make(tokenizer)["input_ids"].shape[1]
+    examples = tokenize_dataset(
+        make_text_sudoku(4, n=4, num_blanks=6) if task == "token" else make_chain_reasoning(4, hops=2),
+        tokenizer, level=task, max_length=128,
+    )
+    batch = TextCollator(tokenizer.pad_token_id, pad_to=longest + 9)(list(examples))
+    model = hybrid_model_for(_config(tiny_backbones["bert"], task=task, num_labels=4)).eval()
+    reasoner = model.reasoner
+    batch["features"] = model.backbone_features(batch["input_ids"], batch["attention_mask"])
+    seen = []
+    reasoner.core.register_forward_hook(lambda module, args, out: seen.append(args[1].shape[1]))
+    # A carry that is not the initial one: one step in, with different latents in every position.
+    carry = Reasoner.forward(reasoner, reasoner.empty_carry(batch), batch).carry
+    seen.clear()
+    cut = reasoner(carry, batch)
+    whole = Reasoner.forward(reasoner, carry, batch)
+    assert seen == [1 + longest, 1 + longest + 9]
+    keep = 1 + longest
+    for new, ref in zip(cut.carry, whole.carry):
+        assert new.shape == ref.shape
+        torch.testing.assert_close(new[:, :keep], ref[:, :keep])
+    torch.testing.assert_close(cut.q_halt_logits, whole.q_halt_logits)
+    assert cut.logits.shape == whole.logits.shape
+    torch.testing.assert_close(cut.logits[:, : cut.logits.shape[1] - 9], whole.logits[:, : cut.logits.shape[1] - 9])
+
+
+def test_left_padded_columns_are_not_cut(tiny_backbones):
+    """Cutting leading padding would move the tokens relative to the register (RoPE): only a suffix is ever cut."""
+    _, tokenizer = load_backbone(str(tiny_backbones["gpt2"]))
+    batch = _chain_batch(tokenizer)
+    mask = batch["attention_mask"]
+    batch = {k: torch.cat([torch.zeros_like(v[:, :3]) if k == "attention_mask" else v[:, :3], v], dim=1)
+             if v.ndim == 2 else v for k, v in batch.items()}
+    assert not batch["attention_mask"][:, :3].any() and torch.equal(batch["attention_mask"][:, 3:], mask)
+    model = hybrid_model_for(_config(tiny_backbones["gpt2"], task="sequence", num_labels=4)).eval()
+    seen = []
+    model.reasoner.core.register_forward_hook(lambda module, args, out: seen.append(args[1].shape[1]))
+    model.reasoner(model.reasoner.empty_carry(batch), batch)
+    assert seen == [1 + batch["input_ids"].shape[1]]

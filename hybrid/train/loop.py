@@ -130,7 +130,9 @@ class Trainer:
         self.reasoner = parts.reasoner.to(self.device)
         self.act_loss = ACTLoss(parts.act, loss_type=parts.loss_type).to(self.device)
         # The compiled module shares its parameters and the ACT generator with act_loss: checkpoints are unchanged.
-        self.step_forward = torch.compile(self.act_loss, dynamic=False) if run.compile else self.act_loss
+        # dynamic=None: pure mode's shapes never change (one static graph); hybrid mode cuts all-padding columns each
+        # step, so its length varies and is made dynamic at the first change instead of recompiling per length.
+        self.step_forward = torch.compile(self.act_loss, dynamic=None) if run.compile else self.act_loss
         check_schedule(optim, parts.total_steps)
         self.dense = [p for p in self.reasoner.parameters() if p.requires_grad]
         if not self.dense:

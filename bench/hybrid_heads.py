@@ -41,7 +41,8 @@ TASKS = {
 FULL_FINE_TUNING_LR = 1e-4
 HEADS = {
     "recursive": ["model.head=recursive", "model.core=trm"],
-    "recursive-hrm": ["model.head=recursive", "model.core=hrm"],
+    # HRM's two networks at one block each: the nearest it gets to the TRM head's one block (twice its parameters).
+    "recursive-hrm": ["model.head=recursive", "model.core=hrm", "model.H_layers=1"],
     "transformer": ["model.head=transformer"],
     "mlp": ["model.head=mlp"],
     "linear": ["model.head=linear"],

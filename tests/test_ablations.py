@@ -1,5 +1,5 @@
 """TRM's Table 1 ablation switches of the pure model (arXiv 2510.04871): separate f_H and f_L, HRM's 1-step
-gradient. Each test fails when its switch is ignored."""
+gradient, and deep supervision without the carried latents. Each test fails when its switch is ignored."""
 
 from pathlib import Path
 
@@ -120,12 +120,45 @@ def test_one_step_gradient_equals_the_gradient_of_the_last_two_calls():
     assert any(not torch.allclose(a, b) for a, b in zip(param_grads(full.core, full.core(carry, x)[0]), expected))
 
 
+# ---- deep supervision without the carried latents ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("carry_latents", [True, False])
+def test_without_the_carry_every_step_restarts_from_the_initial_latents(carry_latents):
+    """Training mode, two supervision steps of the same slots: without the carry the second step's output is the
+    first's (same start, same example, same weights); with it, it differs. ACT is otherwise unchanged: the running
+    slots keep their example (the second batch is not taken) and count their steps."""
+    reasoner, act = model(config(carry_latents=carry_latents))
+    assert act.carry_latents is carry_latents
+    first_batch, second_batch = grid_batch(reasoner.cfg, seed=1), grid_batch(reasoner.cfg, seed=2)
+    carry, first = act(act.initial_carry(first_batch), first_batch)
+    assert not carry.halted.any()  # the Q head's bias keeps every slot running
+    carry, second = act(carry, second_batch)
+    assert carry.steps.tolist() == [2, 2, 2]
+    assert torch.equal(carry.current_data["inputs"], first_batch["inputs"])
+    same = torch.equal(first["logits"], second["logits"]) and torch.equal(first["q_halt_logits"], second["q_halt_logits"])
+    assert same is not carry_latents
+
+
+def test_without_the_carry_hrm_target_step_also_starts_from_the_initial_latents():
+    """HRM's Q-continue target comes from the next step of the same slots; without the carry that step starts from
+    the initial latents too, so it repeats the first step's Q logits."""
+    reasoner, act = model(config(family="hrm", H_layers=1, pos_encodings="rope", mlp_t=False, carry_latents=False))
+    batch = grid_batch(reasoner.cfg)
+    _, out = act(act.initial_carry(batch), batch)
+    expected = torch.sigmoid(torch.maximum(out["q_halt_logits"], out["q_continue_logits"]))
+    torch.testing.assert_close(out["target_q_continue"], expected.detach(), rtol=0, atol=0)
+    _, act_carry = model(config(family="hrm", H_layers=1, pos_encodings="rope", mlp_t=False))
+    _, out_carry = act_carry(act_carry.initial_carry(batch), batch)
+    assert not torch.equal(out_carry["target_q_continue"], expected.detach())
+
+
 # ---- defaults and config loading -----------------------------------------------------------------------------------
 
 
 def test_defaults_are_the_papers_model_and_misplaced_switches_fail_at_load():
     cfg = config()
-    assert (cfg.separate_networks, cfg.one_step_gradient) == (False, False)
+    assert (cfg.separate_networks, cfg.one_step_gradient, cfg.carry_latents) == (False, False, True)
     hrm, _ = model(config(family="hrm", H_layers=1, pos_encodings="rope", mlp_t=False))
     assert hrm.core.one_step_gradient  # HRM keeps its own gradient
     # a recipe config fails when loaded, before any data is read

@@ -50,6 +50,7 @@ class PureConfig:
     # Ablations of TRM's Table 1 (arXiv 2510.04871), ours: not in the official configs; off, the model is the paper's.
     separate_networks: bool = False  # family trm: f_H and f_L as two networks, both of L_layers layers
     one_step_gradient: bool = False  # family trm: gradient through the last f_L and f_H calls only (HRM's)
+    carry_latents: bool = True  # False: every supervision step starts from the initial latents
 
     def __post_init__(self):
         def fail(msg: str):
@@ -211,6 +212,7 @@ def build_pure_model(cfg: PureConfig, *, generator: torch.Generator | None = Non
         halt_max_steps=cfg.halt_max_steps,
         halt_exploration_prob=cfg.halt_exploration_prob,
         halt_rule="q_halt" if cfg.no_ACT_continue else "q_halt_vs_continue",
+        carry_latents=cfg.carry_latents,
         generator=generator,
     )
     return reasoner, act

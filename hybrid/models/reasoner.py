@@ -166,6 +166,7 @@ def act_for(
     halt_max_steps: int,
     halt_exploration_prob: float,
     halt_rule: str | None = None,
+    carry_latents: bool = True,
     generator: torch.Generator | None = None,
 ) -> ACT:
     """The ACT wrapper around `reasoner`, its halting rule and Q-continue target decided by `halting_rule`."""
@@ -176,6 +177,7 @@ def act_for(
         halt_exploration_prob=halt_exploration_prob,
         halt_rule=rule,
         compute_target_q=trains_continue,
+        carry_latents=carry_latents,
         generator=generator,
     )
 

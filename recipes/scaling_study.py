@@ -102,7 +102,8 @@ def point_arch(cfg: StudyConfig, run_cfg) -> PointArch:
     return PointArch(family=a.family, H_cycles=a.H_cycles, L_cycles=a.L_cycles, L_layers=a.L_layers,
                      H_layers=a.H_layers, hidden_size=a.hidden_size, expansion=a.expansion, mlp_t=a.mlp_t,
                      seq_len=a.total_len, halt_max_steps=a.halt_max_steps, global_batch_size=batch,
-                     target_q_step=not a.no_ACT_continue)
+                     target_q_step=not a.no_ACT_continue, separate_networks=a.separate_networks,
+                     one_step_gradient=a.one_step_gradient)
 
 
 def build_data(cfg: StudyConfig, run_cfgs) -> None:

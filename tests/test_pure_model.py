@@ -45,6 +45,10 @@ def grid_batch(cfg: PureConfig, B: int = 3) -> dict[str, torch.Tensor]:
         (dict(H_cycles=0), "H_cycles and L_cycles"),
         (dict(loss_type="mse"), "loss_type must be one of"),
         (dict(halt_exploration_prob=2.0), "halt_exploration_prob"),
+        (dict(family="hrm", H_layers=1, separate_networks=True), "ablations of family 'trm', not 'hrm'"),
+        (dict(family="hrm", H_layers=1, one_step_gradient=True), "ablations of family 'trm', not 'hrm'"),
+        (dict(family="trm_singlez", one_step_gradient=True), "ablations of family 'trm', not 'trm_singlez'"),
+        (dict(separate_networks=True, H_layers=3), "gives f_H the L_layers=1 layers of f_L; H_layers=3"),
     ],
 )
 def test_config_rejects_bad_values(overrides, message):

@@ -96,8 +96,12 @@ def test_counts_follow_the_formula():
     assert train_flops_per_step(arch(seq_len=None)) is None
 
 
-@pytest.mark.parametrize("family,mlp_t", [("trm", True), ("trm", False), ("hrm", False), ("trm_singlez", True)])
-def test_params_and_flops_match_the_model(family, mlp_t):
+@pytest.mark.parametrize("family,mlp_t,ablation", [
+    ("trm", True, {}), ("trm", False, {}), ("hrm", False, {}), ("trm_singlez", True, {}),
+    ("trm", True, {"separate_networks": True}), ("trm", True, {"one_step_gradient": True}),
+    ("trm", True, {"separate_networks": True, "one_step_gradient": True}),
+])
+def test_params_and_flops_match_the_model(family, mlp_t, ablation):
     """The analytic counts against the real core: its parameters, and torch's FLOP counter on one training step of
     the core (forward; backward too for mlp_t, whose ops all have counter formulas on CPU)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -108,11 +112,11 @@ def test_params_and_flops_match_the_model(family, mlp_t):
     cfg = PureConfig(seq_len=14, vocab_size=6, num_puzzle_identifiers=1, family=family, H_cycles=3, L_cycles=2,
                      L_layers=2, H_layers=2 if family == "hrm" else 0, hidden_size=32, num_heads=2, expansion=2,
                      puzzle_emb_ndim=32, puzzle_emb_len=2, pos_encodings="rope" if family == "hrm" else "none",
-                     mlp_t=mlp_t, forward_dtype="float32", halt_max_steps=3)
+                     mlp_t=mlp_t, forward_dtype="float32", halt_max_steps=3, **ablation)
     reasoner, _ = build_pure_model(cfg)
     a = PointArch(family=family, H_cycles=3, L_cycles=2, L_layers=2, H_layers=cfg.H_layers, hidden_size=32,
                   expansion=2.0, mlp_t=mlp_t, seq_len=cfg.total_len, halt_max_steps=3, global_batch_size=4,
-                  target_q_step=False)
+                  target_q_step=False, **ablation)
     core = reasoner.core
     nets = [m for name, m in core.named_children() if name in ("net", "L_net", "H_net")]
     assert core_params(a) == sum(p.numel() for net in nets for p in net.parameters())
@@ -124,7 +128,7 @@ def test_params_and_flops_match_the_model(family, mlp_t):
         out = core(carry, x)
     T, n = 3, 2
     calls = T * (n + 1)  # TRM and HRM alike: T(n+1) network calls per supervision step
-    grad_calls = 2 if family == "hrm" else n + 1
+    grad_calls = 2 if family == "hrm" or ablation.get("one_step_gradient") else n + 1
     fwd = counted.flops
     assert fwd > 0
     if mlp_t:

@@ -19,7 +19,8 @@ from hybrid.train.config import PureTrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "study" / "trm_ablations.yaml"
-ROWS = ["trm", "hrm", "act_continue", "no_ema", "layers4_n3", "attention", "T2_n2", "single_z"]
+ROWS = ["trm", "hrm", "act_continue", "separate_fH_fL", "no_ema", "layers4_n3", "attention", "T2_n2", "one_step_grad",
+        "no_carry", "single_z"]
 
 
 def _last_values(overrides: list[str]) -> dict:
@@ -43,28 +44,37 @@ def test_variants_expand_to_one_point_per_row_and_seed():
     assert changed["T2_n2"] == {"arch.H_cycles": "2", "arch.L_cycles": "2"}
     assert changed["single_z"] == {"arch.family": "trm_singlez"}
     assert changed["act_continue"] == {"arch.no_ACT_continue": "false"}
+    assert changed["separate_fH_fL"] == {"arch.separate_networks": "true"}
+    assert changed["one_step_grad"] == {"arch.one_step_gradient": "true"}
+    assert changed["no_carry"] == {"arch.carry_latents": "false"}
     assert changed["attention"] == {"arch.mlp_t": "false", "arch.pos_encodings": "rope"}
     assert changed["hrm"]["arch.family"] == "hrm"
 
 
 def test_every_row_builds_its_model():
     study = load_config(StudyConfig, CONFIG)
-    dense, kinds = {}, {}
+    dense, kinds, switches = {}, {}, {}
     for p in expand_grid(study):
         if p.seed:
             continue
         cfg = load_config(PureTrainConfig, CONFIG.parent / study.base_config, p.overrides)
         arch = cfg.arch_config({"seq_len": 36, "vocab_size": 8, "num_puzzle_identifiers": 1})
         with torch.device("meta"):
-            reasoner, _ = build_pure_model(arch)
+            reasoner, act = build_pure_model(arch)
         dense[p.values["variant"]] = sum(q.numel() for q in reasoner.parameters() if q.requires_grad)
         kinds[p.values["variant"]] = (arch.family, arch.H_cycles, arch.L_cycles, arch.L_layers, arch.mlp_t)
+        core = reasoner.core
+        switches[p.values["variant"]] = (type(core).__name__, getattr(core, "one_step_gradient", None), act.carry_latents)
     assert kinds["trm"] == ("trm", 3, 6, 2, True) and kinds["T2_n2"] == ("trm", 2, 2, 2, True)
     assert kinds["layers4_n3"] == ("trm", 3, 3, 4, True) and kinds["single_z"][0] == "trm_singlez"
     assert kinds["hrm"] == ("hrm", 2, 2, 4, False) and kinds["attention"][4] is False
     # same network, other schedule: equal sizes; twice the layers: more; HRM's two 4-layer networks: the most
-    assert dense["trm"] == dense["T2_n2"] == dense["no_ema"] == dense["single_z"]
+    assert dense["trm"] == dense["T2_n2"] == dense["no_ema"] == dense["single_z"] == dense["one_step_grad"]
     assert dense["trm"] < dense["layers4_n3"] < dense["hrm"]
+    assert dense["separate_fH_fL"] - dense["trm"] == dense["layers4_n3"] - dense["trm"]  # a second 2-layer network
+    assert switches["trm"] == ("TRMCore", False, True) and switches["hrm"] == ("HRMCore", True, True)
+    assert switches["separate_fH_fL"] == ("HRMCore", False, True)
+    assert switches["one_step_grad"] == ("TRMCore", True, True) and switches["no_carry"] == ("TRMCore", False, False)
 
 
 def test_variants_must_be_override_lists():
@@ -105,5 +115,13 @@ def test_the_table_command_runs_end_to_end_on_a_tiny_sudoku(tmp_path):
     assert run_config["trm"]["arch"]["L_cycles"] == 6 and run_config["trm"]["training"]["ema"] is True
     assert run_config["no_ema"]["training"]["ema"] is False
     assert run_config["attention"]["arch"]["mlp_t"] is False
+    assert run_config["separate_fH_fL"]["arch"]["separate_networks"] is True
+    assert run_config["one_step_grad"]["arch"]["one_step_gradient"] is True
+    assert run_config["no_carry"]["arch"]["carry_latents"] is False
+    # every step restarts from the initial latents, so the longer evaluation answers the same
+    no_carry = rows["variant-no_carry_seed-0"]
+    assert no_carry["exact_accuracy"] == no_carry["exact_accuracy_tt"]
+    assert no_carry["token_accuracy"] == no_carry["token_accuracy_tt"]
+    assert int(rows["variant-separate_fH_fL_seed-0"]["params"]) == 2 * int(rows["variant-trm_seed-0"]["params"])
     assert int(rows["variant-T2_n2_seed-0"]["effective_depth"]) < int(rows["variant-trm_seed-0"]["effective_depth"])
     assert json.loads((tmp_path / "out" / "study.json").read_text())["points"] == len(ROWS)

@@ -70,6 +70,8 @@ class ACT(nn.Module):
 
     halt_rule: "q_halt" halts when q_halt > 0 (TRM); "q_halt_vs_continue" when q_halt > q_continue (HRM).
     compute_target_q: run HRM's extra no-grad step to build the Q-continue target.
+    carry_latents: False starts every supervision step from the initial latents instead of the previous step's
+        (deep supervision without its carried state, an ablation; halting and refilling are unchanged).
     generator: the torch generator (CPU) the exploration draws come from; seed it for reproducible halting.
     """
 
@@ -81,6 +83,7 @@ class ACT(nn.Module):
         halt_exploration_prob: float,
         halt_rule: HaltRule = "q_halt",
         compute_target_q: bool = False,
+        carry_latents: bool = True,
         generator: torch.Generator | None = None,
     ):
         super().__init__()
@@ -95,6 +98,7 @@ class ACT(nn.Module):
         self.halt_exploration_prob = halt_exploration_prob
         self.halt_rule = halt_rule
         self.compute_target_q = compute_target_q
+        self.carry_latents = carry_latents
         self.generator = generator if generator is not None else torch.Generator().manual_seed(torch.initial_seed())
 
     def initial_carry(self, batch: Batch) -> ACTCarry:
@@ -123,6 +127,12 @@ class ACT(nn.Module):
             refilled[key] = torch.where(flag, new, old)
         return refilled
 
+    def _step_start(self, reset: Tensor, inner: Carry) -> Carry:
+        """The latents a step starts from: the initial ones in reset slots (in every slot without the carry)."""
+        if not self.carry_latents:
+            reset = torch.ones_like(reset)
+        return self.reasoner.reset_carry(reset, inner)
+
     def _draw_min_steps(self, batch_size: int, halt_max_steps: int, device: torch.device) -> Tensor:
         """Exploration, as the official `*_ACTV1.forward`: redrawn every call, not once per episode; 0 w.p. 1 - p,
         else UniformInt{2..halt_max_steps}."""
@@ -139,7 +149,7 @@ class ACT(nn.Module):
         if max_steps < 1:
             raise ValueError(f"halt_max_steps must be >= 1, got {max_steps}")
         data = self._refill(carry, batch)
-        inner = self.reasoner.reset_carry(carry.halted, carry.inner)
+        inner = self._step_start(carry.halted, carry.inner)
         steps = torch.where(carry.halted, 0, carry.steps)
 
         out = self.reasoner(inner, data, **step_kwargs)
@@ -163,7 +173,7 @@ class ACT(nn.Module):
                 if self.compute_target_q:
                     # HRM: bootstrap the continue value from the next step of the same slots (official hrm.py,
                     # `HierarchicalReasoningModel_ACTV1.forward`).
-                    nxt = self.reasoner(out.carry, data, **step_kwargs)
+                    nxt = self.reasoner(self._step_start(torch.zeros_like(halted), out.carry), data, **step_kwargs)
                     next_value = torch.where(
                         is_last, nxt.q_halt_logits, torch.maximum(nxt.q_halt_logits, nxt.q_continue_logits)
                     )

@@ -78,21 +78,25 @@ class _RecursiveCore(nn.Module):
         return T, n, rope
 
 
-class TRMCore(_RecursiveCore):
-    """TRM (official trm.py, `TinyRecursiveReasoningModel_ACTV1_Inner.forward`): one network for both updates; T-1
-    cycles without gradient, then one cycle with gradient.
+class _TwoLatentCore(_RecursiveCore):
+    """z_H and z_L, updated by f_L and f_H: a cycle is n updates z_L <- f_L(z_L, z_H + x) followed by one
+    z_H <- f_H(z_H, z_L); a supervision step runs T cycles.
 
-    A cycle is n updates z_L <- f(z_L, z_H + x) followed by one z_H <- f(z_H, z_L).
+    The gradient flows through the whole last cycle (TRM, arXiv 2510.04871 section 4.1), or with `one_step_gradient`
+    only through the last f_L call and the last f_H call (HRM's "1-step gradient", arXiv 2506.21734 section 3); every
+    earlier call runs without gradient. TRM's Table 1 crosses the two with one or two networks.
     """
 
     init_names = ("H_init", "L_init")
-    network_names = ("net",)
 
-    def _cycle(self, z_H, z_L, x, n, rope, attn_mask):
+    def __init__(self, *, one_step_gradient: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.one_step_gradient = one_step_gradient
+
+    def _L_updates(self, z_L, z_H, x, n, rope, attn_mask):
         for _ in range(n):
-            z_L = self.net(z_L, z_H + x, rope, attn_mask)
-        z_H = self.net(z_H, z_L, rope, attn_mask)
-        return z_H, z_L
+            z_L = self.f_L(z_L, z_H + x, rope, attn_mask)
+        return z_L
 
     def forward(
         self,
@@ -105,44 +109,51 @@ class TRMCore(_RecursiveCore):
     ) -> Carry:
         T, n, rope = self._prepare(carry, x, H_cycles, L_cycles)
         z_H, z_L = carry
+        n_grad = 1 if self.one_step_gradient else n  # z_L updates of the last cycle that run with gradient
         with torch.no_grad():
             for _ in range(T - 1):
-                z_H, z_L = self._cycle(z_H, z_L, x, n, rope, attn_mask)
-        return self._cycle(z_H, z_L, x, n, rope, attn_mask)
+                z_L = self._L_updates(z_L, z_H, x, n, rope, attn_mask)
+                z_H = self.f_H(z_H, z_L, rope, attn_mask)
+            z_L = self._L_updates(z_L, z_H, x, n - n_grad, rope, attn_mask)
+        z_L = self._L_updates(z_L, z_H, x, n_grad, rope, attn_mask)
+        return self.f_H(z_H, z_L, rope, attn_mask), z_L
 
 
-class HRMCore(_RecursiveCore):
-    """HRM (official hrm.py, `HierarchicalReasoningModel_ACTV1_Inner.forward`): separate L and H networks; the
-    "1-step gradient" flows only through the last L and H calls.
+class TRMCore(_TwoLatentCore):
+    """TRM (official trm.py, `TinyRecursiveReasoningModel_ACTV1_Inner.forward`): one network f is both f_L and f_H;
+    T-1 cycles without gradient, then one cycle with gradient. `one_step_gradient`: TRM's Table 1 row "w/ 1-step
+    gradient" (the same network under HRM's gradient)."""
 
-    Without gradient: T cycles of n L-updates and one H-update, minus the last L-update and the last H-update, which
-    then run with gradient. For T = n = 2 the order is L, L, H, L (no grad), L, H (grad).
-    """
+    network_names = ("net",)
 
-    init_names = ("H_init", "L_init")
+    def __init__(self, *, one_step_gradient: bool = False, **kwargs):
+        super().__init__(one_step_gradient=one_step_gradient, **kwargs)
+
+    @property
+    def f_L(self) -> ReasoningModule:
+        return self.net
+
+    f_H = f_L
+
+
+class HRMCore(_TwoLatentCore):
+    """HRM (official hrm.py, `HierarchicalReasoningModel_ACTV1_Inner.forward`): separate networks f_H (`H_net`) and
+    f_L (`L_net`) and the 1-step gradient. For T = n = 2 the order is L, L, H, L (no grad), L, H (grad).
+
+    `one_step_gradient=False` is TRM's Table 1 row "w/ separate f_H, f_L": two networks under TRM's gradient."""
+
     network_names = ("H_net", "L_net")
 
-    def forward(
-        self,
-        carry: Carry,
-        x: Tensor,
-        attn_mask: Tensor | None = None,
-        *,
-        H_cycles: int | None = None,
-        L_cycles: int | None = None,
-    ) -> Carry:
-        T, n, rope = self._prepare(carry, x, H_cycles, L_cycles)
-        z_H, z_L = carry
-        with torch.no_grad():
-            for h in range(T):
-                last = h == T - 1
-                for _ in range(n - 1 if last else n):
-                    z_L = self.L_net(z_L, z_H + x, rope, attn_mask)
-                if not last:
-                    z_H = self.H_net(z_H, z_L, rope, attn_mask)
-        z_L = self.L_net(z_L, z_H + x, rope, attn_mask)
-        z_H = self.H_net(z_H, z_L, rope, attn_mask)
-        return z_H, z_L
+    def __init__(self, *, one_step_gradient: bool = True, **kwargs):
+        super().__init__(one_step_gradient=one_step_gradient, **kwargs)
+
+    @property
+    def f_L(self) -> ReasoningModule:
+        return self.L_net
+
+    @property
+    def f_H(self) -> ReasoningModule:
+        return self.H_net
 
 
 class SingleZCore(_RecursiveCore):

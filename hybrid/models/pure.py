@@ -47,6 +47,10 @@ class PureConfig:
     halt_exploration_prob: float = 0.1
     loss_type: str = "stablemax_cross_entropy"
     no_ACT_continue: bool | None = None  # None: True for TRM families, False for HRM
+    # Ablations of TRM's Table 1 (arXiv 2510.04871), ours: not in the official configs; off, the model is the paper's.
+    separate_networks: bool = False  # family trm: f_H and f_L as two networks, both of L_layers layers
+    one_step_gradient: bool = False  # family trm: gradient through the last f_L and f_H calls only (HRM's)
+    carry_latents: bool = True  # False: every supervision step starts from the initial latents
 
     def __post_init__(self):
         def fail(msg: str):
@@ -81,6 +85,14 @@ class PureConfig:
                 fail(f"HRM needs H_layers >= 1, got {self.H_layers}")
             if self.pos_encodings == "none":
                 fail("HRM supports pos_encodings 'rope' or 'learned', not 'none' (the official code rejects it too)")
+        if self.family != "trm" and (self.separate_networks or self.one_step_gradient):
+            fail(
+                f"separate_networks and one_step_gradient are ablations of family 'trm', not {self.family!r} "
+                "(HRM has two networks and the 1-step gradient already)"
+            )
+        if self.separate_networks and self.H_layers not in (0, self.L_layers):
+            fail(f"separate_networks gives f_H the L_layers={self.L_layers} layers of f_L; H_layers={self.H_layers} "
+                 "is HRM's (leave it 0)")
         if self.halt_max_steps < 1:
             fail(f"halt_max_steps must be >= 1, got {self.halt_max_steps}")
         if not 0.0 <= self.halt_exploration_prob <= 1.0:
@@ -177,7 +189,12 @@ class PureReasoner(Reasoner):
             else None
         )
         spec = CoreSpec.from_config(
-            cfg, cfg.family, forward_dtype=cfg.dtype, mlp_t_seq_len=cfg.total_len if cfg.mlp_t else None
+            cfg,
+            cfg.family,
+            forward_dtype=cfg.dtype,
+            mlp_t_seq_len=cfg.total_len if cfg.mlp_t else None,
+            separate_networks=cfg.separate_networks,
+            one_step_gradient=cfg.one_step_gradient,
         )
         core = build_core(spec, rotary)
         heads = OutputHeads(cfg.hidden_size, cfg.vocab_size, skip=cfg.prefix_len)
@@ -195,6 +212,7 @@ def build_pure_model(cfg: PureConfig, *, generator: torch.Generator | None = Non
         halt_max_steps=cfg.halt_max_steps,
         halt_exploration_prob=cfg.halt_exploration_prob,
         halt_rule="q_halt" if cfg.no_ACT_continue else "q_halt_vs_continue",
+        carry_latents=cfg.carry_latents,
         generator=generator,
     )
     return reasoner, act

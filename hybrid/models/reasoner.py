@@ -41,10 +41,16 @@ class CoreSpec:
     H_layers: int = 0  # HRM's H network only
     forward_dtype: torch.dtype = torch.float32
     mlp_t_seq_len: int | None = None  # the token-mixing MLP instead of attention (fixed sequence length)
+    # TRM's Table 1 ablations (arXiv 2510.04871), "trm" only: f_H and f_L as two networks of L_layers layers each;
+    # HRM's 1-step gradient instead of the whole last cycle's.
+    separate_networks: bool = False
+    one_step_gradient: bool = False
 
     def __post_init__(self):
         if self.kind not in RECURSIVE_KINDS + BASELINE_KINDS:
             raise ValueError(f"unknown core {self.kind!r}; expected one of {RECURSIVE_KINDS + BASELINE_KINDS}")
+        if self.kind != "trm" and (self.separate_networks or self.one_step_gradient):
+            raise ValueError(f"separate_networks and one_step_gradient are ablations of the 'trm' core, not {self.kind!r}")
 
     @property
     def recursive(self) -> bool:
@@ -83,8 +89,12 @@ def build_core(spec: CoreSpec, rotary: RotaryEmbedding | None) -> nn.Module:
     )
     if spec.kind == "hrm":
         return HRMCore(H_net=network(spec.H_layers), L_net=network(spec.L_layers), **common)
+    if spec.kind == "trm" and spec.separate_networks:
+        # HRM's two networks, both of TRM's size, under TRM's gradient (or the 1-step one when both ablations are on)
+        return HRMCore(H_net=network(spec.L_layers), L_net=network(spec.L_layers),
+                       one_step_gradient=spec.one_step_gradient, **common)
     if spec.kind == "trm":
-        return TRMCore(net=network(spec.L_layers), **common)
+        return TRMCore(net=network(spec.L_layers), one_step_gradient=spec.one_step_gradient, **common)
     return SingleZCore(net=network(spec.L_layers), **common)
 
 
@@ -156,6 +166,7 @@ def act_for(
     halt_max_steps: int,
     halt_exploration_prob: float,
     halt_rule: str | None = None,
+    carry_latents: bool = True,
     generator: torch.Generator | None = None,
 ) -> ACT:
     """The ACT wrapper around `reasoner`, its halting rule and Q-continue target decided by `halting_rule`."""
@@ -166,6 +177,7 @@ def act_for(
         halt_exploration_prob=halt_exploration_prob,
         halt_rule=rule,
         compute_target_q=trains_continue,
+        carry_latents=carry_latents,
         generator=generator,
     )
 

@@ -7,8 +7,8 @@ and this module counts from it.
 FLOPs count the matmuls of the recursive core, as `hybrid.eval.depth.CoreFlops` measures them (2 per multiply-add,
 attention scores included, embeddings and output heads left out). One optimiser step runs one supervision step per
 example (the official persistent carry): every network call forward, plus 2x forward (the backward) for the calls
-with gradient (TRM: the last cycle's n + 1 calls; HRM: its last L and H calls, arXiv 2506.21734 section 3 "one-step
-gradient"), plus HRM's extra no-grad step for the Q-continue target.
+with gradient (TRM: the last cycle's n + 1 calls; HRM and TRM's 1-step-gradient ablation: the last L and H calls,
+arXiv 2506.21734 section 3 "one-step gradient"), plus HRM's extra no-grad step for the Q-continue target.
 """
 
 from __future__ import annotations
@@ -118,6 +118,8 @@ class PointArch:
     halt_max_steps: int
     global_batch_size: int
     target_q_step: bool  # HRM's extra no-grad step for the Q-continue target
+    separate_networks: bool = False  # TRM with f_H and f_L as two networks of L_layers layers each
+    one_step_gradient: bool = False  # TRM with HRM's gradient through the last L and H calls only
 
 
 @dataclass
@@ -201,13 +203,20 @@ def block_params(a: PointArch) -> int:
 def _calls(a: PointArch) -> tuple[dict[str, int], dict[str, int]]:
     """Network calls of one supervision step, and those of them with gradient, by network (L or H)."""
     T, n = a.H_cycles, a.L_cycles
-    if a.family == "hrm":
-        return {"L": T * n, "H": T}, {"L": 1, "H": 1}
-    return {"L": T * (n + 1)}, {"L": n + 1}
+    hrm = a.family == "hrm"
+    grad_L = 1 if hrm or a.one_step_gradient else n  # z_L updates of the last cycle with gradient
+    if hrm or a.separate_networks:
+        return {"L": T * n, "H": T}, {"L": grad_L, "H": 1}
+    return {"L": T * (n + 1)}, {"L": grad_L + 1}
 
 
 def _layers(a: PointArch) -> dict[str, int]:
-    return {"L": a.L_layers, "H": a.H_layers}
+    return {"L": a.L_layers, "H": a.H_layers if a.family == "hrm" else a.L_layers}
+
+
+def _total_layers(a: PointArch) -> int:
+    """Layers of all the networks together."""
+    return sum(_layers(a)[net] for net in _calls(a)[0])
 
 
 def core_params(a: PointArch) -> int:
@@ -307,7 +316,7 @@ def point_row(p: Point, accuracy: dict, tt_accuracy: dict, tt_steps: int, wall_s
     per_step = train_flops_per_step(a)
     return {
         "point": p.name, "seed": p.seed, "params": core_params(a), "hidden_size": a.hidden_size,
-        "layers": a.L_layers + (a.H_layers if a.family == "hrm" else 0), "H_cycles": a.H_cycles,
+        "layers": _total_layers(a), "H_cycles": a.H_cycles,
         "L_cycles": a.L_cycles, "halt_max_steps": a.halt_max_steps, "effective_depth": effective_depth(a),
         "steps": p.steps, "global_batch_size": a.global_batch_size,
         "train_flops": None if per_step is None else per_step * p.steps, "wall_s": round(wall_s, 2),

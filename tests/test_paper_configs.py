@@ -43,3 +43,15 @@ def test_paper_config_builds_the_papers_model(name):
     dense = sum(p.numel() for p in reasoner.parameters() if p.requires_grad)
     assert dense == params
     assert cfg.training.global_batch_size == 768 and arch.halt_max_steps == 16
+
+
+def test_cpu_sudoku_extreme_is_the_paper_model_at_a_quarter_width():
+    """configs/cpu/sudoku_extreme.yaml differs from the paper's TRM-MLP only in width (and heads, which mlp_t ignores)."""
+    paper = load_config(PureTrainConfig, CONFIGS / "trm_sudoku_mlp.yaml").arch_config(SUDOKU)
+    cpu = load_config(PureTrainConfig, CONFIGS.parent / "cpu" / "sudoku_extreme.yaml").arch_config(SUDOKU)
+    width = {"hidden_size", "puzzle_emb_ndim", "num_heads"}
+    differing = {k for k, v in vars(paper).items() if getattr(cpu, k) != v}
+    assert differing == width and cpu.hidden_size * 4 == paper.hidden_size == cpu.puzzle_emb_ndim * 4
+    with torch.device("meta"):
+        small, big = (sum(p.numel() for p in build_pure_model(c)[0].core.parameters()) for c in (cpu, paper))
+    assert 0 < small < big / 4  # the SwiGLU widths shrink with D, the token mixer's do not

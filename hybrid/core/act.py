@@ -127,11 +127,12 @@ class ACT(nn.Module):
             refilled[key] = torch.where(flag, new, old)
         return refilled
 
-    def _step_start(self, reset: Tensor, inner: Carry) -> Carry:
-        """The latents a step starts from: the initial ones in reset slots (in every slot without the carry)."""
+    def _step_start(self, reset: Tensor | None, inner: Carry) -> Carry:
+        """The latents a step starts from: the initial ones in every slot without the carry, else in the reset slots
+        (None: no slot, as for HRM's target step, which continues the same examples)."""
         if not self.carry_latents:
-            reset = torch.ones_like(reset)
-        return self.reasoner.reset_carry(reset, inner)
+            return self.reasoner.reset_carry(torch.ones_like(inner[0][:, 0, 0], dtype=torch.bool), inner)
+        return inner if reset is None else self.reasoner.reset_carry(reset, inner)
 
     def _draw_min_steps(self, batch_size: int, halt_max_steps: int, device: torch.device) -> Tensor:
         """Exploration, as the official `*_ACTV1.forward`: redrawn every call, not once per episode; 0 w.p. 1 - p,
@@ -173,7 +174,7 @@ class ACT(nn.Module):
                 if self.compute_target_q:
                     # HRM: bootstrap the continue value from the next step of the same slots (official hrm.py,
                     # `HierarchicalReasoningModel_ACTV1.forward`).
-                    nxt = self.reasoner(self._step_start(torch.zeros_like(halted), out.carry), data, **step_kwargs)
+                    nxt = self.reasoner(self._step_start(None, out.carry), data, **step_kwargs)
                     next_value = torch.where(
                         is_last, nxt.q_halt_logits, torch.maximum(nxt.q_halt_logits, nxt.q_continue_logits)
                     )

@@ -119,9 +119,9 @@ class TextReasoner(Reasoner):
     cut_padding = True  # False runs every column (bench/bench_hybrid.py times both)
 
     def forward(self, carry: Carry, batch: Batch, **cycles) -> ReasonerOutput:
-        mask = batch["attention_mask"]
-        length = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1
-        full = mask.shape[1]
+        real = batch["attention_mask"].any(0)  # columns holding a token of some row
+        length = int(real.nonzero().max()) + 1 if real.any() else 1
+        full = real.shape[0]
         if length == full or not self.cut_padding:
             return super().forward(carry, batch, **cycles)
         cut = {k: v[:, :length] if v.ndim >= 2 and v.shape[1] == full else v for k, v in batch.items()}

@@ -17,7 +17,7 @@ from hybrid.config import ConfigError, from_dict
 from hybrid.scaling.fit import fit_law, frontier, predict_error
 from hybrid.scaling.grid import (
     BudgetConfig, PointArch, StudyConfig, assign_steps, balanced_order, child_env, core_params, effective_depth,
-    expand_grid, train_flops_per_step,
+    expand_grid, seed_summary, summary_markdown, train_flops_per_step,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +46,36 @@ def test_grid_expansion_names_and_overrides():
     assert last.overrides == ["arch.L_cycles=2", "arch.hidden_size=64", "arch.H_cycles=4", "arch.puzzle_emb_ndim=64",
                               "run.seed=1"]
     assert [p.seed for p in points[:2]] == [0, 1]
+
+
+def test_seed_summary_averages_each_row_over_its_seeds_only():
+    cfg = study_config(variants={"ref": [], "wide": ["arch.expansion=8"]}, grid={"arch.H_cycles": [1, 2]},
+                       seeds=[0, 1, 2], follow={})
+    points = expand_grid(cfg)
+    rng = np.random.default_rng(0)
+    rows = [{"params": 100 + i // 3, "steps": 50, "train_flops": 1e9, "wall_s": 10.0 + i,
+             "exact_accuracy": rng.random(), "exact_accuracy_tt": rng.random(), "token_accuracy": rng.random()}
+            for i in range(len(points))]
+    table = seed_summary(points, rows)
+    assert [r["group"] for r in table] == ["variant-ref_H_cycles-1", "variant-ref_H_cycles-2",
+                                            "variant-wide_H_cycles-1", "variant-wide_H_cycles-2"]
+    for g, row in enumerate(table):
+        members = rows[3 * g: 3 * g + 3]  # seeds are the innermost axis
+        assert row["seeds"] == 3 and row["params"] == 100 + g and row["wall_s_mean"] == 11.0 + 3 * g
+        for metric in ("exact_accuracy", "exact_accuracy_tt", "token_accuracy"):
+            values = np.array([m[metric] for m in members])
+            assert row[f"{metric}_mean"] == pytest.approx(values.mean())
+            assert row[f"{metric}_std"] == pytest.approx(values.std(ddof=1))
+            assert (row[f"{metric}_min"], row[f"{metric}_max"]) == (values.min(), values.max())
+    md = summary_markdown(table, 2).splitlines()
+    assert len(md) == 2 + 4 and "at 2x the supervision steps" in md[0]
+    mean, std = 100 * table[0]["exact_accuracy_mean"], 100 * table[0]["exact_accuracy_std"]
+    assert md[2].startswith(f"| variant-ref_H_cycles-1 | 3 | 100 | 50 | {mean:.1f} ± {std:.1f} [")
+
+    one_seed = expand_grid(study_config(seeds=[4]))
+    table = seed_summary(one_seed, rows[: len(one_seed)])
+    assert len(table) == len(one_seed) and all(r["seeds"] == 1 and r["exact_accuracy_std"] is None for r in table)
+    assert [r["group"] for r in table] == [p.name.removesuffix("_seed-4") for p in one_seed]
 
 
 def test_grid_from_a_nested_override_is_flattened():
@@ -272,6 +302,11 @@ def test_stopped_study_finishes_only_the_missing_points_and_two_processes_equal_
     assert all(0 <= float(r["token_accuracy"]) <= 1 and r["test_time_steps"] == "4" for r in rows)
     summary = json.loads((one / "study.json").read_text())
     assert summary["points"] == 2 and "fit" in summary
+    with open(one / "study_summary.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["group"] for r in table] == ["H_cycles-1", "H_cycles-2"] and {r["seeds"] for r in table} == {"1"}
+    assert [r["exact_accuracy_mean"] for r in table] == [r["exact_accuracy"] for r in rows]
+    assert "| H_cycles-2 | 1 |" in (one / "study_summary.md").read_text()
     assert (one / "accuracy_vs_depth.png").is_file() and (one / "accuracy_vs_flops.png").is_file()
 
     # The same output_dir with another budget is refused before anything runs: nothing is overwritten or mixed.

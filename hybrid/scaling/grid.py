@@ -18,6 +18,7 @@ import itertools
 import json
 import math
 import os
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -32,6 +33,9 @@ CSV_COLUMNS = [
     "effective_depth", "steps", "global_batch_size", "train_flops", "wall_s", "exact_accuracy", "token_accuracy",
     "test_time_steps", "exact_accuracy_tt", "token_accuracy_tt", "compute_optimal",
 ]
+SUMMARY_METRICS = ("exact_accuracy", "exact_accuracy_tt", "token_accuracy")
+SUMMARY_COLUMNS = ["group", "seeds", "params", "steps", "train_flops", "wall_s_mean"] + [
+    f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "std", "min", "max")]
 
 
 @dataclass
@@ -125,6 +129,7 @@ class PointArch:
 @dataclass
 class Point:
     name: str
+    group: str  # the name without the seed: the points that differ only in their seed form one row of the summary
     values: dict  # grid key -> value, plus "run.seed"
     overrides: list[str]  # the study's and the point's overrides, without steps and folders
     arch: PointArch | None = None
@@ -150,6 +155,11 @@ def _format(value) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
+def _folder_name(values: dict) -> str:
+    name = "_".join(f"{key}-{_format(v)}" for key, v in values.items())
+    return "".join(c if c.isalnum() or c in "-_.=" else "" for c in name.replace("run.seed", "seed"))
+
+
 def expand_grid(cfg: StudyConfig) -> list[Point]:
     """Every point of the grid (the product of the variants, the axes and the seeds, seeds innermost), named by its
     values."""
@@ -164,9 +174,9 @@ def expand_grid(cfg: StudyConfig) -> list[Point]:
         overrides += [f"{k}={_format(values[k])}" for k in keys]
         overrides += [f"{key}={_format(values[source])}" for key, source in cfg.follow.items()]
         overrides.append(f"run.seed={values['run.seed']}")
-        name = "_".join(f"{short[k]}-{_format(v)}" for k, v in values.items())
-        name = "".join(c if c.isalnum() or c in "-_.=" else "" for c in name.replace("run.seed", "seed"))
-        points.append(Point(name=name, values=values, overrides=overrides))
+        group = _folder_name({short[k]: v for k, v in values.items() if k != "run.seed"})
+        name = _folder_name({short[k]: v for k, v in values.items()})
+        points.append(Point(name=name, group=group, values=values, overrides=overrides))
     names = [p.name for p in points]
     if len(set(names)) != len(names):
         raise ConfigError("two grid points get the same folder name: grid values must differ after dropping "
@@ -326,14 +336,60 @@ def point_row(p: Point, accuracy: dict, tt_accuracy: dict, tt_steps: int, wall_s
     }
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
+def write_csv(rows: list[dict], path: Path, columns: list[str] = CSV_COLUMNS) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: row[k] for k in CSV_COLUMNS})
+            writer.writerow({k: row[k] for k in columns})
     os.replace(tmp, path)
+
+
+def seed_summary(points: list[Point], rows: list[dict]) -> list[dict]:
+    """One row per group of points that differ only in their seed (a row of an ablation table): the mean, sample
+    standard deviation (None for one seed), minimum and maximum over the seeds of each accuracy."""
+    groups: dict[str, list[dict]] = {}
+    for p, row in zip(points, rows, strict=True):
+        groups.setdefault(p.group, []).append(row)
+    summary = []
+    for group, members in groups.items():
+        first = members[0]
+        out = {"group": group, "seeds": len(members), "params": first["params"], "steps": first["steps"],
+               "train_flops": first["train_flops"],
+               "wall_s_mean": round(statistics.fmean(r["wall_s"] for r in members), 2)}
+        for metric in SUMMARY_METRICS:
+            values = [r[metric] for r in members]
+            out |= {f"{metric}_mean": statistics.fmean(values),
+                    f"{metric}_std": statistics.stdev(values) if len(values) > 1 else None,
+                    f"{metric}_min": min(values), f"{metric}_max": max(values)}
+        summary.append(out)
+    return summary
+
+
+def summary_markdown(summary: list[dict], test_time_factor: int) -> str:
+    """The summary as a Markdown table, accuracies in percent: mean ± standard deviation [min, max] over seeds."""
+
+    def cell(row: dict, metric: str) -> str:
+        mean, std = 100 * row[f"{metric}_mean"], row[f"{metric}_std"]
+        if std is None:
+            return f"{mean:.1f}"
+        return f"{mean:.1f} ± {100 * std:.1f} [{100 * row[f'{metric}_min']:.1f}, {100 * row[f'{metric}_max']:.1f}]"
+
+    lines = [f"| row | seeds | params | steps | exact % | exact % at {test_time_factor}x the supervision steps | cell % "
+             "| wall s |", "|---|---|---|---|---|---|---|---|"]
+    for row in summary:
+        lines.append(f"| {row['group']} | {row['seeds']} | {row['params']:,} | {row['steps']} | "
+                     f"{cell(row, 'exact_accuracy')} | {cell(row, 'exact_accuracy_tt')} | "
+                     f"{cell(row, 'token_accuracy')} | {row['wall_s_mean']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(summary: list[dict], test_time_factor: int, csv_path: Path, markdown_path: Path) -> None:
+    write_csv(summary, csv_path, SUMMARY_COLUMNS)
+    tmp = markdown_path.with_name(markdown_path.name + ".tmp")
+    tmp.write_text(summary_markdown(summary, test_time_factor))
+    os.replace(tmp, markdown_path)
 
 
 # Launchers' variables: a point's child is a single-process run and must not join the study's process group.

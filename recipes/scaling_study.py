@@ -30,7 +30,7 @@ from hybrid.scaling.fit import fit_law, frontier, plot_compute, plot_depth
 from hybrid.scaling.grid import (
     POINT_RESULT, PointArch, StudyConfig, assign_steps, atomic_write_json, balanced_order, check_same_point,
     child_env, core_params, effective_depth, expand_grid, point_row, read_point_result, record_attempt,
-    train_flops_per_step, training_wall, write_csv, seed_summary, write_summary,
+    seed_summary, train_flops_per_step, training_wall, write_csv, write_summary,
 )
 from hybrid.utils import UserError, get_logger, run_main
 
@@ -230,8 +230,8 @@ def gather(cfg: StudyConfig, points, out: Path) -> None:
     for row in rows:
         row["compute_optimal"] = row["point"] in optimal
     write_csv(rows, out / "study.csv")
-    table = seed_summary(points, rows)
-    write_summary(table, cfg.test_time_factor, out / "study_summary.csv", out / "study_summary.md")
+    markdown = write_summary(seed_summary(points, rows), cfg.test_time_factor, out / "study_summary.csv",
+                             out / "study_summary.md")
     law = fit_law([r["params"] for r in rows], [r["effective_depth"] for r in rows],
                   [1 - r["exact_accuracy"] for r in rows])
     law_tt = fit_law([r["params"] for r in rows], [r["effective_depth"] * cfg.test_time_factor for r in rows],
@@ -244,7 +244,7 @@ def gather(cfg: StudyConfig, points, out: Path) -> None:
         plot_compute(rows, law, optimal, out / "accuracy_vs_flops.png")
     if law.get("fitted"):
         log.info(f"fit: a={law['a']:.3f} (params), b={law['b']:.3f} (depth), c={law['c']:.4f}; weak: {law['weak']}")
-    log.info("mean over seeds (study_summary.md):\n" + (out / "study_summary.md").read_text())
+    log.info("mean over seeds (study_summary.md):\n" + markdown)
     log.info(f"wrote {out / 'study.csv'}, {out / 'study_summary.csv'}, {out / 'study.json'} and the plots")
 
 

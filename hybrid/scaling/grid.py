@@ -286,10 +286,14 @@ def balanced_order(items: list, costs: list[float], processes: int) -> list:
 # ---- bookkeeping -----------------------------------------------------------------------------------------------------
 
 
-def atomic_write_json(path: Path, data) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def read_point_result(folder: Path) -> dict | None:
@@ -385,11 +389,12 @@ def summary_markdown(summary: list[dict], test_time_factor: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(summary: list[dict], test_time_factor: int, csv_path: Path, markdown_path: Path) -> None:
+def write_summary(summary: list[dict], test_time_factor: int, csv_path: Path, markdown_path: Path) -> str:
+    """Write the summary as CSV and Markdown; return the Markdown."""
     write_csv(summary, csv_path, SUMMARY_COLUMNS)
-    tmp = markdown_path.with_name(markdown_path.name + ".tmp")
-    tmp.write_text(summary_markdown(summary, test_time_factor))
-    os.replace(tmp, markdown_path)
+    markdown = summary_markdown(summary, test_time_factor)
+    atomic_write_text(markdown_path, markdown)
+    return markdown
 
 
 # Launchers' variables: a point's child is a single-process run and must not join the study's process group.

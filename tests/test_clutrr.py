@@ -57,6 +57,17 @@ def test_texts_labels_and_held_out_sets(tmp_path):
     assert after[0]["text"] == "Story: [Ann] is the mother of [Bob]. Question: how is [Bob] related to [Ann]?"
 
 
+def test_mark_query_brackets_the_two_queried_people_apart_from_the_others(tmp_path):
+    story = "[Jo] met her father [Kim]. [Kim] has a sister [Kimi]. [Kimi]'s son is [Jon]. [Jo] likes [Jon]."
+    text = clutrr_text(story, "('Jo', 'Kimi')", mark_query=True)
+    assert text == ("Question: how is {Kimi} related to <Jo>? Story: <Jo> met her father [Kim]. [Kim] has a sister "
+                    "{Kimi}. {Kimi}'s son is [Jon]. <Jo> likes [Jon].")  # [Kim] and [Jon] are not A or B
+    assert clutrr_text(story, "('Jo', 'Kimi')") == text.replace("<Jo>", "[Jo]").replace("{Kimi}", "[Kimi]")
+    marked = make_task(HybridTaskConfig(name="clutrr", data_dir=str(_write(tmp_path / "c")), mark_query=True))
+    assert marked.train["text"][0] == "Question: how is {Bob} related to <Ann>? Story: <Ann> is the mother of {Bob}."
+    assert marked.tests["k=10"]["text"][0].endswith("{Mo}.")  # held-out sets are marked the same way
+
+
 def test_the_model_input_never_depends_on_ground_truth_columns(tmp_path):
     def scramble(frame):
         rng = random.Random(0)

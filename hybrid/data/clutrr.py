@@ -36,16 +36,28 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("HYBRID_DATA_DIR", _REPO.parent / "shared" / "data")) / "clutrr"
 
 
-def clutrr_text(story: str, query: str, *, question_first: bool = True) -> str:
+# mark_query: the two queried people's mentions are bracketed apart from everyone else's.
+QUERY_MARKS = (("<", ">"), ("{", "}"))  # (first person A, second person B); the others keep [ ]
+
+
+def clutrr_text(story: str, query: str, *, question_first: bool = True, mark_query: bool = False) -> str:
     """"Question: how is [B] related to [A]? Story: ..." (brackets kept: they mark the entities). The question comes
     first by default so that it sits at fixed positions next to the head's register, which the sequence classifier
-    reads, whatever the story's length."""
+    reads, whatever the story's length.
+
+    mark_query: every mention of A is written <A> and every mention of B {B}, in the question and the story, so that
+    the two ends of the kinship chain differ in the backbone's very tokens (an entity-aware input: the head need not
+    match names against the question to find where the chain starts and ends)."""
     pair = ast.literal_eval(query) if isinstance(query, str) else query
     if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
         raise ValueError(f"query must be a pair of names like \"('Ann', 'Bob')\", got {query!r}")
     first, second = pair
     question = f"Question: how is [{second}] related to [{first}]?"
-    return f"{question} Story: {story}" if question_first else f"Story: {story} {question}"
+    text = f"{question} Story: {story}" if question_first else f"Story: {story} {question}"
+    if mark_query:
+        for name, (left, right) in zip(pair, QUERY_MARKS):
+            text = text.replace(f"[{name}]", f"{left}{name}{right}")
+    return text
 
 
 def parse_task_name(name: str) -> tuple[int, int]:
@@ -56,7 +68,9 @@ def parse_task_name(name: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def build_examples(rows: dict[str, list], *, question_first: bool = True, source: str = "CLUTRR") -> Dataset:
+def build_examples(
+    rows: dict[str, list], *, question_first: bool = True, mark_query: bool = False, source: str = "CLUTRR"
+) -> Dataset:
     """`text`, `label` (the relation's name), `k` and `noise` from the columns of `READ_COLUMNS` only."""
     missing = [c for c in READ_COLUMNS if c not in rows]
     if missing:
@@ -64,7 +78,7 @@ def build_examples(rows: dict[str, list], *, question_first: bool = True, source
     texts, noise, depth = [], [], []
     for index, (story, query, task_name) in enumerate(zip(rows["story"], rows["query"], rows[SET_COLUMN])):
         try:
-            texts.append(clutrr_text(story, query, question_first=question_first))
+            texts.append(clutrr_text(story, query, question_first=question_first, mark_query=mark_query))
             kind, k = parse_task_name(task_name)
         except (ValueError, SyntaxError) as err:
             raise ValueError(f"{source}: row {index}: {err}") from None
@@ -106,6 +120,7 @@ def load_clutrr(
     source: str | Path | None = None,
     *,
     question_first: bool = True,
+    mark_query: bool = False,
     num_train: int | None = None,
     max_train_k: int | None = None,
     seed: int = 0,
@@ -115,7 +130,7 @@ def load_clutrr(
 
     source: a folder holding train.csv, test.csv and optionally test_noise.csv (default `default_data_dir()`), or a
     Hugging Face Hub dataset id (`owner/name[:config]`) with the same columns. num_train: a seeded random subset of
-    that many training stories (None: all). max_train_k: train only on stories with k <= this.
+    that many training stories (None: all). question_first, mark_query: see `clutrr_text`. max_train_k: train only on stories with k <= this.
     """
     source = default_data_dir() if source is None else source
     folder = Path(source).expanduser()
@@ -125,8 +140,8 @@ def load_clutrr(
         splits = _read_hub(source)
     else:
         raise ValueError(f"CLUTRR data {source}: no such folder (nor a Hub dataset id like owner/name[:config])")
-    built = {split: build_examples(rows, question_first=question_first, source=f"{source} {split}")
-             for split, rows in splits.items()}
+    built = {split: build_examples(rows, question_first=question_first, mark_query=mark_query,
+                                   source=f"{source} {split}") for split, rows in splits.items()}
     train = built["train"]
     if max_train_k is not None:
         train = train.filter(lambda e: e["k"] <= max_train_k)

@@ -2,7 +2,7 @@
 
     python bench/hybrid_heads.py --task sudoku            # configs/hybrid/default.yaml (4x4 text Sudoku)
     python bench/hybrid_heads.py --task chain             # configs/hybrid/chain.yaml (train on 1-2 hops, test 1..6)
-    python bench/hybrid_heads.py --task clutrr --seeds 0 1 2 --steps 300   # CLUTRR: train k=2,3, test k=2..10, noise
+    python bench/hybrid_heads.py --task clutrr --seeds 0 1 2 --steps 1500  # CLUTRR: train k=2,3, test k=2..10, noise
     python bench/hybrid_heads.py --task clutrr --quick    # smoke run: every head, a few steps, small training set
 
 Every head is one `recipes/train_hybrid.py` run, one flag apart (`HEADS`), all at the same number of optimiser steps

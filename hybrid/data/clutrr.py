@@ -130,7 +130,8 @@ def load_clutrr(
 
     source: a folder holding train.csv, test.csv and optionally test_noise.csv (default `default_data_dir()`), or a
     Hugging Face Hub dataset id (`owner/name[:config]`) with the same columns. num_train: a seeded random subset of
-    that many training stories (None: all). question_first, mark_query: see `clutrr_text`. max_train_k: train only on stories with k <= this.
+    that many training stories (None: all). max_train_k: train only on stories with k <= this. question_first,
+    mark_query: see `clutrr_text`.
     """
     source = default_data_dir() if source is None else source
     folder = Path(source).expanduser()

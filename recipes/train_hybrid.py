@@ -49,6 +49,17 @@ def tokenize_sets(cfg, datasets: dict, tokenizer, backbone, level, single_token_
     return out
 
 
+def check_readout_tokens(model_config, tokenized: dict) -> None:
+    """Every text must hold each readout token: a missing marker would silently read as zeros."""
+    for name, dataset in tokenized.items():
+        for token, token_id in zip(model_config.readout_tokens, model_config.readout_token_ids):
+            lacking = [i for i, ids in enumerate(dataset["input_ids"]) if token_id not in ids]
+            if lacking:
+                raise UserError(f"model.readout_tokens: {len(lacking)} of {len(dataset)} texts of the {name} set have "
+                                f"no {token!r} (first: row {lacking[0]}); every text needs each readout token "
+                                "(CLUTRR: set task.mark_query=true)")
+
+
 def with_features(cfg, model_config, tokenized: dict, tokenizer, backbone, accelerator) -> dict:
     """The sets with cached backbone features attached (frozen backbones), each rank computing its share."""
     if cfg.feature_cache == "none":
@@ -87,9 +98,16 @@ def main(argv: list[str]) -> None:
         backbone, tokenizer = load_backbone(m.backbone_name_or_path, dtype=getattr(torch, cfg.backbone_dtype))
     except BackboneNotFoundError as err:
         raise UserError(str(err)) from None
+    if m.readout_tokens:
+        try:
+            m.resolve_readout_tokens(tokenizer)
+        except ValueError as err:
+            raise UserError(f"model.readout_tokens: {err}") from None
     model = hybrid_model_for(m, backbone=backbone)
     tokenized = tokenize_sets(cfg, {"train": task.train, **task.tests}, tokenizer, backbone, task.level,
                               task.single_token_words)
+    if m.readout_tokens:
+        check_readout_tokens(m, tokenized)
 
     accelerator, run_dir = prepare_run(cfg.run)
     rank, world = accelerator.process_index, accelerator.num_processes

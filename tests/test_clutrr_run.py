@@ -38,3 +38,21 @@ def test_clutrr_config_trains_reports_every_set_and_depth_per_k_reads_the_run(tm
 
     with pytest.raises(UserError, match="no model/ folder"):
         depth_per_k.main(["--run", str(tmp_path / "bert")])
+
+
+def test_readout_tokens_on_clutrr_need_the_query_marks_and_then_train(tmp_path):
+    bert = make_tiny_backbone("bert", tmp_path / "bert")
+    data = _write(tmp_path / "clutrr")
+    common = {"task.data_dir": data, "task.num_train": "null", "training.global_batch_size": 2,
+              "model.readout_tokens": "['<', '{']"}
+    unmarked = overrides(bert, tmp_path / "unmarked", steps=2, **common)
+    with pytest.raises(UserError, match=r"texts of the train set have no '<' .*task.mark_query=true"):
+        train_hybrid.main(["--config", str(REPO / "configs" / "hybrid" / "clutrr.yaml"), *unmarked])
+    assert not (tmp_path / "unmarked" / "results.json").exists()
+
+    run = tmp_path / "marked"
+    marked = overrides(bert, run, steps=2, **common, **{"task.mark_query": "true"})
+    train_hybrid.main(["--config", str(REPO / "configs" / "hybrid" / "clutrr.yaml"), *marked])
+    saved = json.loads((run / "model" / "config.json").read_text())
+    assert saved["readout_tokens"] == ["<", "{"] and len(saved["readout_token_ids"]) == 2
+    assert list(json.loads((run / "results.json").read_text())["results"])[0] == "k=2"

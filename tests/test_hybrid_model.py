@@ -14,7 +14,7 @@ from hybrid.models.modeling_hybrid import (
     HybridRecursiveForTokenClassification,
     hybrid_model_for,
 )
-from hybrid.models.reasoner import Reasoner
+from hybrid.models.reasoner import OutputHeads, Reasoner
 
 HEAD = dict(hidden_size=32, num_heads=2, H_cycles=2, L_cycles=2, L_layers=1, H_layers=1, halt_max_steps=2)
 
@@ -248,3 +248,46 @@ def test_left_padded_columns_are_not_cut(tiny_backbones):
     model.reasoner.core.register_forward_hook(lambda module, args, out: seen.append(args[1].shape[1]))
     model.reasoner(model.reasoner.empty_carry(batch), batch)
     assert seen == [1 + batch["input_ids"].shape[1]]
+
+
+def test_readout_tokens_add_the_mean_latent_at_each_marker_to_the_classifier_input():
+    """The entity-start readout: register, then the mean latent over each readout token's positions (zeros where a
+    text lacks it), shifted past the register; nothing else reaches the classifier."""
+    heads = OutputHeads(6, 3, skip=1, level="sequence", readout_ids=(7, 3))
+    z = torch.randn(2, 6, 6)
+    input_ids = torch.tensor([[7, 3, 7, 9, 1], [3, 3, 0, 0, 0]])
+    logits, _ = heads(z, input_ids)
+    tokens = z[:, 1:]
+    expected = torch.stack([
+        torch.cat([z[0, 0], (tokens[0, 0] + tokens[0, 2]) / 2, tokens[0, 1]]),
+        torch.cat([z[1, 0], torch.zeros(6), (tokens[1, 0] + tokens[1, 1]) / 2]),
+    ]).unsqueeze(1)
+    torch.testing.assert_close(logits, heads.output(expected))
+    with pytest.raises(ValueError, match="needs the batch's input_ids"):
+        heads(z)
+    with pytest.raises(ValueError, match="sequence-level classifier"):
+        OutputHeads(6, 3, skip=1, level="token", readout_ids=(7,))
+
+
+def test_readout_tokens_resolve_through_the_tokenizer_and_survive_save_and_load(tiny_backbones, tmp_path):
+    folder = tiny_backbones["bert"]
+    _, tokenizer = load_backbone(str(folder))
+    config = _config(folder, task="sequence", readout_tokens=["<", "{"])
+    with pytest.raises(ValueError, match="have no ids yet"):
+        hybrid_model_for(config)
+    config.resolve_readout_tokens(tokenizer)
+    assert config.readout_token_ids == tokenizer.convert_tokens_to_ids(["<", "{"])
+    model = hybrid_model_for(config).eval()
+    texts = ["is <ann> the aunt of {bo}?", "<cy> and {di} and <cy>"]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    logits = model(batch["input_ids"], batch["attention_mask"]).logits
+    assert model.reasoner.heads.output.weight.shape == (4, 3 * 32)  # register + one mean per marker
+    model.save_pretrained(tmp_path / "head")
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "head")
+    assert loaded.config.readout_token_ids == config.readout_token_ids
+    torch.testing.assert_close(loaded(batch["input_ids"], batch["attention_mask"]).logits, logits, rtol=0, atol=0)
+
+    with pytest.raises(ValueError, match="not one token of the backbone's tokenizer"):
+        _config(folder, task="sequence", readout_tokens=["<<ann"]).resolve_readout_tokens(tokenizer)
+    with pytest.raises(ValueError, match="readout_tokens is for task='sequence'"):
+        _config(folder, readout_tokens=["<"])

@@ -42,6 +42,10 @@ class HybridRecursiveConfig(PreTrainedConfig):
     train_backbone: train every backbone weight (full fine-tuning; with `head="linear"` the baseline of most
         benchmark papers). The backbone still runs in eval mode (no dropout); its trained weights are kept in
         training checkpoints and always saved by `save_pretrained`. Exclusive with `lora_r`.
+    readout_tokens: sequence task only: the classifier also reads the mean latent at the positions of each of these
+        tokens (entity markers such as the "<" and "{" that CLUTRR's `mark_query` puts before the two queried people),
+        besides the register; each must be one token of the backbone's tokenizer. readout_token_ids: their ids,
+        filled from the tokenizer by `resolve_readout_tokens` (the training recipe does it).
     backbone_in_checkpoint: written by `save_pretrained`: whether the saved weights include the backbone's.
     """
 
@@ -72,6 +76,8 @@ class HybridRecursiveConfig(PreTrainedConfig):
     lora_alpha: int = 16
     lora_target_modules: list[str] | None = None
     train_backbone: bool = False
+    readout_tokens: list[str] | None = None
+    readout_token_ids: list[int] | None = None
     backbone_in_checkpoint: bool = False
 
     def __post_init__(self, **kwargs):
@@ -108,6 +114,23 @@ class HybridRecursiveConfig(PreTrainedConfig):
         if self.train_backbone and self.lora_r > 0:
             raise ValueError("HybridRecursiveConfig: train_backbone=True trains every backbone weight; set lora_r=0 "
                              f"(got lora_r={self.lora_r})")
+        if self.readout_tokens and self.task != "sequence":
+            raise ValueError(f"HybridRecursiveConfig.readout_tokens is for task='sequence' (one label per text), got "
+                             f"task={self.task!r}: token-level heads already read every token")
+        if self.readout_token_ids is not None and len(self.readout_token_ids) != len(self.readout_tokens or []):
+            raise ValueError(f"HybridRecursiveConfig.readout_token_ids {self.readout_token_ids} must hold one id per "
+                             f"readout token {self.readout_tokens}")
+
+    def resolve_readout_tokens(self, tokenizer) -> None:
+        """Fill `readout_token_ids` from `tokenizer`; each readout token must be one token of its vocabulary."""
+        ids = []
+        for token in self.readout_tokens or []:
+            pieces = tokenizer.tokenize(token)
+            if len(pieces) != 1 or tokenizer.convert_tokens_to_ids(pieces[0]) == tokenizer.unk_token_id:
+                raise ValueError(f"readout token {token!r} is not one token of the backbone's tokenizer "
+                                 f"(it gives {pieces}); pick a marker the tokenizer keeps whole")
+            ids.append(tokenizer.convert_tokens_to_ids(pieces[0]))
+        self.readout_token_ids = ids or None
 
 
 __all__ = ["HybridRecursiveConfig", "DEFAULT_BACKBONE"]

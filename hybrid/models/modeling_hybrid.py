@@ -188,9 +188,11 @@ class HybridRecursivePreTrainedModel(PreTrainedModel):
         encoder = BackboneEncoder(backbone, config.backbone_layers, config.hidden_size, config.rms_norm_eps)
         rotary = RotaryEmbedding(config.hidden_size // config.num_heads, MAX_POSITIONS)
         core = build_core(spec, rotary)
-        heads = OutputHeads(
-            config.hidden_size, config.num_labels, skip=1, level=self.task, learns_halting=spec.recursive
-        )
+        if config.readout_tokens and config.readout_token_ids is None:
+            raise ValueError(f"readout_tokens {config.readout_tokens} have no ids yet: call "
+                             "config.resolve_readout_tokens(tokenizer) before building the model")
+        heads = OutputHeads(config.hidden_size, config.num_labels, skip=1, level=self.task,
+                            learns_halting=spec.recursive, readout_ids=tuple(config.readout_token_ids or ()))
         self.reasoner = TextReasoner(encoder, core, heads)
         self.post_init()
 
@@ -387,8 +389,8 @@ class HybridRecursiveForTokenClassification(HybridRecursivePreTrainedModel):
 
 
 class HybridRecursiveForSequenceClassification(HybridRecursivePreTrainedModel):
-    """One label per text, read from the register (position 0); inside the reasoner the logits are [B, 1, num_labels],
-    as the shared loss expects."""
+    """One label per text, read from the register (position 0) and, with `config.readout_tokens`, from the mean latent
+    at each readout token; inside the reasoner the logits are [B, 1, num_labels], as the shared loss expects."""
 
     task = "sequence"
 

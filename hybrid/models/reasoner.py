@@ -116,23 +116,55 @@ class OutputHeads(nn.Module):
 
     level "token": logits for positions `skip`.. (the tokens after the prefix / register), [B, S - skip, C];
     level "sequence": one logit vector from position 0, [B, 1, C] (a sequence of length one for the shared loss).
+    readout_ids (sequence level): the classifier also reads, for each of these token ids, the mean latent over the
+    positions holding it, concatenated after position 0's: the entity-start readout of relation classification
+    (Baldini Soares et al., ACL 2019, "Matching the Blanks"), for marker tokens put before the entities a question
+    is about. A text without the token contributes zeros for it.
     learns_halting False (baseline cores): no Q head; constant zero Q logits, which never halt early under either
     rule (q_halt > 0, q_halt > q_continue).
     """
 
-    def __init__(self, hidden_size: int, num_outputs: int, *, skip: int, level: str = "token", learns_halting: bool = True):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_outputs: int,
+        *,
+        skip: int,
+        level: str = "token",
+        learns_halting: bool = True,
+        readout_ids: tuple[int, ...] = (),
+    ):
         super().__init__()
         if level not in ("token", "sequence"):
             raise ValueError(f"level must be 'token' or 'sequence', got {level!r}")
-        self.skip, self.level = skip, level
-        self.output = CastedLinear(hidden_size, num_outputs)
+        if readout_ids and level != "sequence":
+            raise ValueError("readout_ids are read by a sequence-level classifier; token-level heads read every token")
+        self.skip, self.level, self.readout_ids = skip, level, tuple(readout_ids)
+        self.output = CastedLinear(hidden_size * (1 + len(self.readout_ids)), num_outputs)
         self.q_head = QHead(hidden_size) if learns_halting else None
 
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        logits = self.output(z[:, self.skip :] if self.level == "token" else z[:, :1])
+    def forward(self, z: Tensor, input_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """input_ids [B, S - skip]: the tokens under z's positions `skip`.., needed with readout_ids only."""
+        if self.level == "token":
+            read = z[:, self.skip :]
+        else:
+            read = z[:, :1]
+            if self.readout_ids:
+                if input_ids is None:
+                    raise ValueError("OutputHeads with readout_ids needs the batch's input_ids")
+                tokens = z[:, self.skip :]
+                read = torch.cat([read, *(_mean_where(tokens, input_ids == i) for i in self.readout_ids)], dim=-1)
+        logits = self.output(read)
         if self.q_head is None:
             return logits, z.new_zeros(z.shape[0], 2, dtype=torch.float32)
         return logits, self.q_head(z[:, 0]).float()
+
+
+def _mean_where(z: Tensor, where: Tensor) -> Tensor:
+    """[B, 1, D]: the mean of z [B, L, D] over the positions where `where` [B, L] is true (zeros where none is)."""
+    weights = where.to(z.dtype)
+    total = torch.einsum("bl,bld->bd", weights, z)
+    return (total / weights.sum(1, keepdim=True).clamp(min=1)).unsqueeze(1)
 
 
 class Reasoner(nn.Module):
@@ -153,7 +185,7 @@ class Reasoner(nn.Module):
         """cycles: H_cycles / L_cycles overrides of a recursive core for this call."""
         x, mask = self.encoder(batch)
         z = self.core(carry, x, mask, **cycles)
-        logits, q = self.heads(z[0])
+        logits, q = self.heads(z[0], batch.get("input_ids"))
         return ReasonerOutput(
             carry=tuple(t.detach() for t in z), logits=logits, q_halt_logits=q[:, 0], q_continue_logits=q[:, 1], z=z
         )

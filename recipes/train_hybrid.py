@@ -84,7 +84,10 @@ def main(argv: list[str]) -> None:
 
     task = make_task(cfg.task)
     id2label = None if task.id2label is None else dict(enumerate(task.id2label))
-    m = cfg.model_config(task=task.level, num_labels=task.num_labels, id2label=id2label)
+    try:  # what the data decides (token or sequence labels, classes) can conflict with the model section
+        m = cfg.model_config(task=task.level, num_labels=task.num_labels, id2label=id2label)
+    except ValueError as err:
+        raise UserError(f"task {cfg.task.name}: {err}") from None
     # Everything knowable from the config and the raw data is checked before the backbone runs.
     batch = cfg.training.global_batch_size
     steps = cfg.training.total_steps or cfg.training.epochs * len(task.train) // batch

@@ -56,3 +56,9 @@ def test_readout_tokens_on_clutrr_need_the_query_marks_and_then_train(tmp_path):
     saved = json.loads((run / "model" / "config.json").read_text())
     assert saved["readout_tokens"] == ["<", "{"] and len(saved["readout_token_ids"]) == 2
     assert list(json.loads((run / "results.json").read_text())["results"])[0] == "k=2"
+
+
+def test_readout_tokens_on_a_token_level_task_is_a_user_error_before_the_backbone_loads(tmp_path):
+    args = overrides(tmp_path / "no-backbone-here", tmp_path / "run", **{"model.readout_tokens": "['<']"})
+    with pytest.raises(UserError, match="task text_sudoku: .*readout_tokens is for task='sequence'"):
+        train_hybrid.main(args)

@@ -283,6 +283,7 @@ def test_readout_tokens_resolve_through_the_tokenizer_and_survive_save_and_load(
     logits = model(batch["input_ids"], batch["attention_mask"]).logits
     assert model.reasoner.heads.output.weight.shape == (4, 3 * 32)  # register + one mean per marker
     model.save_pretrained(tmp_path / "head")
+    assert "mean latent at each of the tokens ['<', '{']" in (tmp_path / "head" / "README.md").read_text()
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "head")
     assert loaded.config.readout_token_ids == config.readout_token_ids
     torch.testing.assert_close(loaded(batch["input_ids"], batch["attention_mask"]).logits, logits, rtol=0, atol=0)

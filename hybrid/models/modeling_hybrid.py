@@ -358,6 +358,9 @@ class HybridRecursivePreTrainedModel(PreTrainedModel):
         if c.train_backbone:
             where = f"fine-tuned from `{c.backbone_name_or_path}`, stored in this folder"
         auto = "AutoModelForTokenClassification" if self.task == "token" else "AutoModelForSequenceClassification"
+        readout = ""
+        if c.readout_tokens:
+            readout = f"\n- The classifier reads the register and the mean latent at each of the tokens {c.readout_tokens}."
         lora = f"LoRA rank {c.lora_r} ({adapter_params} adapter parameters, in `{ADAPTER_FOLDER}/`)" if c.lora_r else "frozen"
         lora = "every weight trained" if c.train_backbone else lora
         return f"""---
@@ -372,7 +375,7 @@ A recursive reasoning head (`{c.head}` head, core `{c.core}`: T = H_cycles = {c.
 (up to {c.halt_max_steps} steps, loss `{c.loss_type}`).
 
 - Backbone: {where}; {lora}.
-- Head parameters (projection, register, core, output and Q layers): {head_params}.
+- Head parameters (projection, register, core, output and Q layers): {head_params}.{readout}
 
 ```python
 import hybrid.models  # registers the model type with the Auto classes

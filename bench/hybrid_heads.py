@@ -149,6 +149,8 @@ def training_flops(run_dir: Path, examples: int = 8) -> dict[str, float]:
     task = make_task(cfg.task)
     m = cfg.model_config(task=task.level, num_labels=task.num_labels)
     backbone, tokenizer = load_backbone(m.backbone_name_or_path)
+    if m.readout_tokens:
+        m.resolve_readout_tokens(tokenizer)
     model = hybrid_model_for(m, backbone=backbone).train()
     train = tokenize_dataset(task.train, tokenizer, level=task.level, max_length=backbone_max_length(backbone.config, tokenizer),
                              single_token_words=task.single_token_words)

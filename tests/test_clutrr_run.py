@@ -16,6 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("depth_per_k", REPO / "bench" / "depth_per_k.py")
 depth_per_k = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(depth_per_k)
+_spec = importlib.util.spec_from_file_location("hybrid_heads", REPO / "bench" / "hybrid_heads.py")
+hybrid_heads = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(hybrid_heads)
 
 
 def test_clutrr_config_trains_reports_every_set_and_depth_per_k_reads_the_run(tmp_path):
@@ -56,6 +59,9 @@ def test_readout_tokens_on_clutrr_need_the_query_marks_and_then_train(tmp_path):
     saved = json.loads((run / "model" / "config.json").read_text())
     assert saved["readout_tokens"] == ["<", "{"] and len(saved["readout_token_ids"]) == 2
     assert list(json.loads((run / "results.json").read_text())["results"])[0] == "k=2"
+    # The heads table measures FLOPs on a model rebuilt from the run's config, readout included.
+    flops = hybrid_heads.training_flops(run, examples=2)
+    assert flops["head"] > 0 and flops["backbone"] == 0
 
 
 def test_readout_tokens_on_a_token_level_task_is_a_user_error_before_the_backbone_loads(tmp_path):

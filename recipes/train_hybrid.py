@@ -128,8 +128,10 @@ def main(argv: list[str]) -> None:
 
     act = model.act_loss(generator=torch.Generator().manual_seed(cfg.run.seed + rank)).act
     set_seed(cfg.run.seed, device_specific=True)
-    head_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info(f"{m.head} head ({m.core}, T={m.H_cycles}, n={m.L_cycles}): {head_params:,} trainable parameters; "
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    head = f"recursive head ({m.core}, T={m.H_cycles}, n={m.L_cycles})" if m.head == "recursive" else f"{m.head} head"
+    tuning = "trained backbone" if m.train_backbone else f"LoRA r={m.lora_r} backbone" if m.lora_r else "frozen backbone"
+    log.info(f"{head} on a {tuning}: {trainable:,} trainable parameters; "
              f"{len(train)} train examples, {steps} steps of {batch} on {world} process(es)")
 
     main_test = next(iter(examples))
@@ -172,7 +174,7 @@ def main(argv: list[str]) -> None:
     if accelerator.is_main_process:
         summary = {
             "head": m.head, "core": m.core, "H_cycles": m.H_cycles, "L_cycles": m.L_cycles,
-            "halt_max_steps": m.halt_max_steps, "trainable_parameters": head_params, "task": cfg.task.name,
+            "halt_max_steps": m.halt_max_steps, "trainable_parameters": trainable, "task": cfg.task.name,
             "steps": steps, "wall_seconds": time.perf_counter() - started, "world_size": world,
             "results": {name: {k: r[k] for k in ("exact_accuracy", "accuracy", "count") if k in r}
                         for name, r in results.items()},

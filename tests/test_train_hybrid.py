@@ -141,14 +141,17 @@ def test_an_existing_run_folder_is_refused_before_the_backbone_loads(tmp_path, b
     assert (out / "notes.txt").read_text() == "a user's file"
 
 
-def test_lora_run_through_the_recipe_keeps_the_adapter(tmp_path, bert):
+def test_lora_run_through_the_recipe_keeps_the_adapter(tmp_path, bert, caplog):
     """LoRA needs the cache off; the value is "none" because YAML reads `off` as false (the bug this guards)."""
+    caplog.set_level("INFO", logger="hybrid.train_hybrid")
     out = tmp_path / "run"
     train_hybrid.main(overrides(bert, out, steps=2, **{"model.lora_r": 4, "model.head": "linear",
                                                       "feature_cache": "none", "training.lr_warmup_steps": 1}))
     saved = load_file(out / "checkpoints" / "step_00000002" / "model.safetensors")
     adapters = [k for k in saved if "lora_" in k]
     assert adapters and not [k for k in saved if ".backbone." in k and "lora_" not in k]
+    # The start-of-run line named a recursive core for baseline heads too.
+    assert "linear head on a LoRA r=4 backbone: " in caplog.text and "(trm, T=" not in caplog.text
 
 
 def test_frozen_backbone_runs_in_bfloat16_when_asked(tmp_path, bert, monkeypatch):

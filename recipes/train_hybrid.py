@@ -172,9 +172,12 @@ def main(argv: list[str]) -> None:
             for name in examples:
                 tokenized[name].save_to_disk(str(run_dir / "data" / name))
     if accelerator.is_main_process:
+        # A baseline head has no recursive core: naming one (the config's default) would mislabel its results.
+        recursion = {"core": m.core, "H_cycles": m.H_cycles, "L_cycles": m.L_cycles} if m.head == "recursive" else {}
         summary = {
-            "head": m.head, "core": m.core, "H_cycles": m.H_cycles, "L_cycles": m.L_cycles,
-            "halt_max_steps": m.halt_max_steps, "trainable_parameters": trainable, "task": cfg.task.name,
+            "head": m.head, **recursion, "halt_max_steps": m.halt_max_steps,
+            "eval_halt_max_steps": cfg.eval.halt_max_steps or m.halt_max_steps,
+            "trainable_parameters": trainable, "task": cfg.task.name,
             "steps": steps, "wall_seconds": time.perf_counter() - started, "world_size": world,
             "results": {name: {k: r[k] for k in ("exact_accuracy", "accuracy", "count") if k in r}
                         for name, r in results.items()},

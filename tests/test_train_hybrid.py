@@ -61,6 +61,8 @@ def test_trains_exports_and_reloads_with_the_same_results(tmp_path, bert):
     train_hybrid.main(overrides(bert, out) + ["feature_cache_dtype=float32"])
     results = json.loads((out / "results.json").read_text())
     assert results["head"] == "recursive" and results["trainable_parameters"] > 0
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert [results[k] for k in ("core", "H_cycles", "L_cycles")] == [saved[k] for k in ("core", "H_cycles", "L_cycles")]
     from datasets import load_from_disk
 
     assert len(load_from_disk(str(out / "data" / "test"))) == 24  # the tokenized held-out set, for research tools
@@ -146,12 +148,16 @@ def test_lora_run_through_the_recipe_keeps_the_adapter(tmp_path, bert, caplog):
     caplog.set_level("INFO", logger="hybrid.train_hybrid")
     out = tmp_path / "run"
     train_hybrid.main(overrides(bert, out, steps=2, **{"model.lora_r": 4, "model.head": "linear",
-                                                      "feature_cache": "none", "training.lr_warmup_steps": 1}))
+                                                      "feature_cache": "none", "training.lr_warmup_steps": 1,
+                                                      "eval.halt_max_steps": 1}))
     saved = load_file(out / "checkpoints" / "step_00000002" / "model.safetensors")
     adapters = [k for k in saved if "lora_" in k]
     assert adapters and not [k for k in saved if ".backbone." in k and "lora_" not in k]
-    # The start-of-run line named a recursive core for baseline heads too.
+    # The start-of-run line and results.json named a recursive core for baseline heads too.
     assert "linear head on a LoRA r=4 backbone: " in caplog.text and "(trm, T=" not in caplog.text
+    results = json.loads((out / "results.json").read_text())
+    assert results["head"] == "linear" and not {"core", "H_cycles", "L_cycles"} & set(results)
+    assert (results["halt_max_steps"], results["eval_halt_max_steps"]) == (2, 1)  # trained with 2, evaluated at 1
 
 
 def test_frozen_backbone_runs_in_bfloat16_when_asked(tmp_path, bert, monkeypatch):

@@ -159,12 +159,13 @@ def main(argv: list[str]) -> None:
         return
 
     results = {main_test: final}
+    eval_steps = cfg.eval.halt_max_steps or m.halt_max_steps
     swap = trainer.ema.apply_to(model) if trainer.ema is not None else contextlib.nullcontext()
     with swap:
         for name in list(examples)[1:]:
             log.info(f"evaluating held-out set {name} ({len(examples[name])} examples)")
             results[name] = evaluate(trainer.act_loss, held_out(name), device=accelerator.device, world_size=world,
-                                     halt_max_steps=cfg.eval.halt_max_steps or m.halt_max_steps)
+                                     halt_max_steps=eval_steps)
         if accelerator.is_main_process:
             model.save_pretrained(run_dir / "model", save_backbone=cfg.save_backbone)
             tokenizer.save_pretrained(run_dir / "model")
@@ -176,7 +177,7 @@ def main(argv: list[str]) -> None:
         recursion = {"core": m.core, "H_cycles": m.H_cycles, "L_cycles": m.L_cycles} if m.head == "recursive" else {}
         summary = {
             "head": m.head, **recursion, "halt_max_steps": m.halt_max_steps,
-            "eval_halt_max_steps": cfg.eval.halt_max_steps or m.halt_max_steps,
+            "eval_halt_max_steps": eval_steps,
             "trainable_parameters": trainable, "task": cfg.task.name,
             "steps": steps, "wall_seconds": time.perf_counter() - started, "world_size": world,
             "results": {name: {k: r[k] for k in ("exact_accuracy", "accuracy", "count") if k in r}

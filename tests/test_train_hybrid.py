@@ -62,7 +62,8 @@ def test_trains_exports_and_reloads_with_the_same_results(tmp_path, bert):
     results = json.loads((out / "results.json").read_text())
     assert results["head"] == "recursive" and results["trainable_parameters"] > 0
     saved = json.loads((out / "model" / "config.json").read_text())
-    assert [results[k] for k in ("core", "H_cycles", "L_cycles")] == [saved[k] for k in ("core", "H_cycles", "L_cycles")]
+    recursion = ("core", "H_cycles", "L_cycles")
+    assert [results[k] for k in recursion] == [saved[k] for k in recursion]
     from datasets import load_from_disk
 
     assert len(load_from_disk(str(out / "data" / "test"))) == 24  # the tokenized held-out set, for research tools

@@ -153,7 +153,7 @@ def training_flops(run_dir: Path, examples: int = 8) -> dict[str, float]:
         m.resolve_readout_tokens(tokenizer)
     model = hybrid_model_for(m, backbone=backbone).train()
     train = tokenize_dataset(task.train, tokenizer, level=task.level, max_length=backbone_max_length(backbone.config, tokenizer),
-                             single_token_words=task.single_token_words)
+                             single_token_words=task.single_token_words, entity_graph=m.entity_graph)
     pad_to = max(len(ids) for ids in train["input_ids"])  # training pads every batch to the longest training text
     batch = TextCollator(tokenizer.pad_token_id, pad_to=pad_to)(list(train.select(range(examples))))
 

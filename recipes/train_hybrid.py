@@ -36,14 +36,15 @@ log = get_logger("hybrid.train_hybrid")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hybrid" / "default.yaml"
 
 
-def tokenize_sets(cfg, datasets: dict, tokenizer, backbone, level, single_token_words) -> dict:
-    """Every set tokenised, with every length and label check done before any training."""
+def tokenize_sets(cfg, datasets: dict, tokenizer, backbone, level, single_token_words, entity_graph=False) -> dict:
+    """Every set tokenised (with the entity graph's ids when the head reads them), with every length and label check
+    done before any training."""
     limit = backbone_max_length(backbone.config, tokenizer)
     out = {}
     for name, dataset in datasets.items():
         try:
             out[name] = tokenize_dataset(dataset, tokenizer, level=level, max_length=limit,
-                                         single_token_words=single_token_words)
+                                         single_token_words=single_token_words, entity_graph=entity_graph)
         except ValueError as err:
             raise UserError(f"task {cfg.task.name}, {name} set: {err}") from None
     return out
@@ -108,7 +109,7 @@ def main(argv: list[str]) -> None:
             raise UserError(f"model.readout_tokens: {err}") from None
     model = hybrid_model_for(m, backbone=backbone)
     tokenized = tokenize_sets(cfg, {"train": task.train, **task.tests}, tokenizer, backbone, task.level,
-                              task.single_token_words)
+                              task.single_token_words, entity_graph=m.entity_graph)
     if m.readout_tokens:
         check_readout_tokens(m, tokenized)
 

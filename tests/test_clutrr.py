@@ -53,7 +53,7 @@ def test_texts_labels_and_held_out_sets(tmp_path):
     assert list(train["label"]) == ["son", "nephew", "father"]
     assert list(tests) == ["k=2", "k=4", "k=10", "noise_none", "noise_irrelevant"]  # k by value, noise in file order
     assert list(tests["k=10"]["label"]) == ["nephew"] and list(tests["noise_irrelevant"]["k"]) == [3]
-    after, _ = load_clutrr(tmp_path / "c", question_first=False)
+    after, _ = load_clutrr(tmp_path / "c", question="last")
     assert after[0]["text"] == "Story: [Ann] is the mother of [Bob]. Question: how is [Bob] related to [Ann]?"
 
 

@@ -162,7 +162,8 @@ class Attention(nn.Module):
         self.o = CastedLinear(hidden_size, hidden_size)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, attn_mask: Tensor | None = None) -> Tensor:
-        """attn_mask: [B, S] bool, True for real tokens; padded keys are ignored by every query."""
+        """attn_mask: [B, S] bool, True for real tokens (padded keys are ignored by every query), or [B, S, S] bool,
+        True where query i may attend to key j (each row needs one True)."""
         B, S, _ = x.shape
         H = self.num_heads
         qkv = self.qkv(x).view(B, S, 3 * H, self.head_dim)
@@ -172,7 +173,7 @@ class Attention(nn.Module):
             v = qkv[:, :, 2 * H :]
         else:
             q, k, v = qkv.split(H, dim=2)
-        mask = None if attn_mask is None else attn_mask[:, None, None, :]
+        mask = None if attn_mask is None else attn_mask[:, None] if attn_mask.ndim == 3 else attn_mask[:, None, None, :]
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
         return self.o(y.transpose(1, 2).reshape(B, S, -1))
 

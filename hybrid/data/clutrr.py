@@ -40,20 +40,29 @@ def default_data_dir() -> Path:
 QUERY_MARKS = (("<", ">"), ("{", "}"))  # (first person A, second person B); the others keep [ ]
 
 
-def clutrr_text(story: str, query: str, *, question_first: bool = True, mark_query: bool = False) -> str:
+QUESTION_PLACES = ("first", "last", "none")
+
+
+def clutrr_text(story: str, query: str, *, question: str = "first", mark_query: bool = False) -> str:
     """"Question: how is [B] related to [A]? Story: ..." (brackets kept: they mark the entities). The question comes
     first by default so that it sits at fixed positions next to the head's register, which the sequence classifier
-    reads, whatever the story's length.
+    reads, whatever the story's length; question="last" puts it after the story.
 
     mark_query: every mention of A is written <A> and every mention of B {B}, in the question and the story, so that
     the two ends of the kinship chain differ in the backbone's very tokens (an entity-aware input: the head need not
-    match names against the question to find where the chain starts and ends)."""
+    match names against the question to find where the chain starts and ends). With the marks the question itself is
+    redundant: question="none" leaves it out ("Story: ..."), which the entity-graph head needs, since a question
+    naming A and B would join the chain's two ends in one hop (`HybridRecursiveConfig.entity_graph`)."""
+    if question not in QUESTION_PLACES:
+        raise ValueError(f"question must be one of {QUESTION_PLACES}, got {question!r}")
+    if question == "none" and not mark_query:
+        raise ValueError("question='none' needs mark_query=True: without the question only the marks say who A and B are")
     pair = ast.literal_eval(query) if isinstance(query, str) else query
     if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
         raise ValueError(f"query must be a pair of names like \"('Ann', 'Bob')\", got {query!r}")
     first, second = pair
-    question = f"Question: how is [{second}] related to [{first}]?"
-    text = f"{question} Story: {story}" if question_first else f"Story: {story} {question}"
+    asked = f"Question: how is [{second}] related to [{first}]?"
+    text = {"first": f"{asked} Story: {story}", "last": f"Story: {story} {asked}", "none": f"Story: {story}"}[question]
     if mark_query:
         for name, (left, right) in zip(pair, QUERY_MARKS):
             text = text.replace(f"[{name}]", f"{left}{name}{right}")
@@ -69,7 +78,7 @@ def parse_task_name(name: str) -> tuple[int, int]:
 
 
 def build_examples(
-    rows: dict[str, list], *, question_first: bool = True, mark_query: bool = False, source: str = "CLUTRR"
+    rows: dict[str, list], *, question: str = "first", mark_query: bool = False, source: str = "CLUTRR"
 ) -> Dataset:
     """`text`, `label` (the relation's name), `k` and `noise` from the columns of `READ_COLUMNS` only."""
     missing = [c for c in READ_COLUMNS if c not in rows]
@@ -78,7 +87,7 @@ def build_examples(
     texts, noise, depth = [], [], []
     for index, (story, query, task_name) in enumerate(zip(rows["story"], rows["query"], rows[SET_COLUMN])):
         try:
-            texts.append(clutrr_text(story, query, question_first=question_first, mark_query=mark_query))
+            texts.append(clutrr_text(story, query, question=question, mark_query=mark_query))
             kind, k = parse_task_name(task_name)
         except (ValueError, SyntaxError) as err:
             raise ValueError(f"{source}: row {index}: {err}") from None
@@ -119,7 +128,7 @@ def _read_hub(dataset_id: str) -> dict[str, dict[str, list]]:
 def load_clutrr(
     source: str | Path | None = None,
     *,
-    question_first: bool = True,
+    question: str = "first",
     mark_query: bool = False,
     num_train: int | None = None,
     max_train_k: int | None = None,
@@ -130,7 +139,7 @@ def load_clutrr(
 
     source: a folder holding train.csv, test.csv and optionally test_noise.csv (default `default_data_dir()`), or a
     Hugging Face Hub dataset id (`owner/name[:config]`) with the same columns. num_train: a seeded random subset of
-    that many training stories (None: all). max_train_k: train only on stories with k <= this. question_first,
+    that many training stories (None: all). max_train_k: train only on stories with k <= this. question,
     mark_query: see `clutrr_text`.
     """
     source = default_data_dir() if source is None else source
@@ -141,7 +150,7 @@ def load_clutrr(
         splits = _read_hub(source)
     else:
         raise ValueError(f"CLUTRR data {source}: no such folder (nor a Hub dataset id like owner/name[:config])")
-    built = {split: build_examples(rows, question_first=question_first, mark_query=mark_query,
+    built = {split: build_examples(rows, question=question, mark_query=mark_query,
                                    source=f"{source} {split}") for split, rows in splits.items()}
     train = built["train"]
     if max_train_k is not None:

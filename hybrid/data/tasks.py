@@ -34,11 +34,12 @@ class HybridTaskConfig:
     extra_links: int = 1
     distractor_length: int = 2
     # clutrr: a folder with train.csv, test.csv (held-out sets k=2..k=10) and test_noise.csv (noise_none, ...), or a
-    # Hub dataset id owner/name[:config]; default $HYBRID_DATA_DIR/clutrr. `question_first` puts "Question: how is
-    # [B] related to [A]?" before the story (else after it); `mark_query` writes every mention of the two queried
-    # people as <A> and {B} instead of [A] and [B]; `max_train_k` keeps training stories with k <= it.
+    # Hub dataset id owner/name[:config]; default $HYBRID_DATA_DIR/clutrr. `question` puts "Question: how is [B]
+    # related to [A]?" first (before the story), last, or nowhere (none: needs mark_query); `mark_query` writes every
+    # mention of the two queried people as <A> and {B} instead of [A] and [B]; `max_train_k` keeps training stories
+    # with k <= it.
     data_dir: str | None = None
-    question_first: bool = True
+    question: Literal["first", "last", "none"] = "first"
     mark_query: bool = False
     max_train_k: int | None = None
     # user: your own CSV / JSON / Parquet files
@@ -96,7 +97,7 @@ def _make(t: HybridTaskConfig) -> TaskData:
         }
         return TaskData(train, tests, "sequence", 2, id2label=["no", "yes"])
     if t.name == "clutrr":
-        train, tests = load_clutrr(t.data_dir, question_first=t.question_first, mark_query=t.mark_query,
+        train, tests = load_clutrr(t.data_dir, question=t.question, mark_query=t.mark_query,
                                    num_train=t.num_train, max_train_k=t.max_train_k, seed=t.seed)
         return _encoded(train, tests, "sequence", num_labels=None, source=str(t.data_dir or default_data_dir()))
     if t.train_file is None or t.test_file is None:

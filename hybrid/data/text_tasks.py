@@ -299,6 +299,36 @@ def align_word_labels(
     return encoding["input_ids"], labels
 
 
+# Entities are names in brackets: [Name], or <Name> / {Name} for the two people a question asks about (CLUTRR's
+# mark_query); sentences end at . ? or !.
+ENTITY = re.compile(r"\[([^\[\]<>{}]+)\]|<([^\[\]<>{}]+)>|\{([^\[\]<>{}]+)\}")
+SENTENCE_END = re.compile(r"[.?!]+")
+GRAPH_KEYS = ("segment_ids", "entity_ids")
+
+
+def entity_graph_ids(text: str, offsets: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """(segment_ids, entity_ids), one per token, for the entity-graph head (`HybridRecursiveConfig.entity_graph`).
+
+    segment: the sentence a token lies in (0, 1, ...; -1 for special tokens, which have no characters);
+    entity: 1 + the index of the bracketed name the token belongs to (brackets included; the same name in any
+    brackets is one entity), 0 for tokens outside any name. A token's segment is that of its first character."""
+    ends = [m.end() for m in SENTENCE_END.finditer(text)]
+    names: dict[str, int] = {}
+    spans = []
+    for match in ENTITY.finditer(text):
+        name = next(g for g in match.groups() if g is not None).strip()
+        spans.append((*match.span(), names.setdefault(name, len(names) + 1)))
+    segment_ids, entity_ids = [], []
+    for start, end in offsets:
+        if end <= start:
+            segment_ids.append(-1)
+            entity_ids.append(0)
+            continue
+        segment_ids.append(sum(e <= start for e in ends))
+        entity_ids.append(next((entity for a, b, entity in spans if a <= start and end <= b), 0))
+    return segment_ids, entity_ids
+
+
 def tokenize_dataset(
     dataset: Dataset,
     tokenizer: PreTrainedTokenizerBase,
@@ -306,10 +336,12 @@ def tokenize_dataset(
     level: str,
     max_length: int | None,
     single_token_words: bool = False,
+    entity_graph: bool = False,
 ) -> Dataset:
-    """Add `input_ids` and `labels` (token level) or `label` (sequence level). Checks every example before training:
-    a text longer than `max_length` tokens (the backbone's limit; see `backbone_max_length`) is an error, never
-    silently truncated."""
+    """Add `input_ids` and `labels` (token level) or `label` (sequence level); with `entity_graph`, also each token's
+    `segment_ids` and `entity_ids` (`entity_graph_ids`). Checks every example before training: a text longer than
+    `max_length` tokens (the backbone's limit; see `backbone_max_length`) is an error, never silently truncated, and
+    with `entity_graph` a text without a bracketed name is an error (its tokens would see only their sentence)."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
     if not tokenizer.is_fast:
@@ -326,6 +358,11 @@ def tokenize_dataset(
             out = {"input_ids": input_ids, "labels": labels}
         else:
             out = {"input_ids": tokenizer(example["text"])["input_ids"]}
+        if entity_graph:
+            offsets = tokenizer(example["text"], return_offsets_mapping=True)["offset_mapping"]
+            out["segment_ids"], out["entity_ids"] = entity_graph_ids(example["text"], offsets)
+            if not any(out["entity_ids"]):
+                raise ValueError(f"example {index}: no bracketed name ([Name], <Name> or {{Name}}) for the entity graph")
         if max_length is not None and len(out["input_ids"]) > max_length:
             raise ValueError(
                 f"example {index}: {len(out['input_ids'])} tokens, more than the backbone's maximum of {max_length}"
@@ -337,7 +374,8 @@ def tokenize_dataset(
 
 @dataclass
 class TextCollator:
-    """Pads examples (`input_ids`, `labels` or `label`, optionally `features`) into a batch dict.
+    """Pads examples (`input_ids`, `labels` or `label`, optionally `features` and the entity graph's `segment_ids`
+    and `entity_ids`) into a batch dict.
 
     pad_to: None pads to the longest example; an int pads every batch to that length, which the ACT training loop
     needs (a slot keeps its rows across steps, so every batch must have the same shape).
@@ -364,6 +402,11 @@ class TextCollator:
                 batch["labels"][row, :n] = torch.as_tensor(example["labels"])
         elif "label" in examples[0]:
             batch["labels"] = torch.as_tensor([e["label"] for e in examples], dtype=torch.long)
+        for key in GRAPH_KEYS:
+            if key in examples[0]:
+                batch[key] = torch.full((batch_size, length), -1 if key == "segment_ids" else 0, dtype=torch.long)
+                for row, (example, n) in enumerate(zip(examples, lengths)):
+                    batch[key][row, :n] = torch.as_tensor(example[key])
         if "features" in examples[0]:
             width = examples[0]["features"].shape[-1]
             batch["features"] = torch.zeros(batch_size, length, width, dtype=examples[0]["features"].dtype)
@@ -373,9 +416,11 @@ class TextCollator:
 
 
 __all__ = [
+    "GRAPH_KEYS",
     "LabelMap",
     "TextCollator",
     "align_word_labels",
+    "entity_graph_ids",
     "load_user_dataset",
     "make_chain_reasoning",
     "make_text_sudoku",

@@ -46,6 +46,13 @@ class HybridRecursiveConfig(PreTrainedConfig):
         tokens (entity markers such as the "<" and "{" that CLUTRR's `mark_query` puts before the two queried people),
         besides the register; each must be one token of the backbone's tokenizer. readout_token_ids: their ids,
         filled from the tokenizer by `resolve_readout_tokens` (the training recipe does it).
+    entity_graph: the head's attention follows the text's entity graph instead of joining every token: a token
+        attends to the tokens of its own sentence and to every mention of the same bracketed name in other sentences;
+        the register reads every token and is read by none. A kinship fact (one sentence) then passes one hop per
+        attention layer, so how far along a chain of facts the head sees grows with the number of layer applications:
+        with recursion, with depth at test time. Batches need `segment_ids` and `entity_ids`
+        (`hybrid.data.text_tasks.entity_graph_ids`; the training recipe adds them). Heads with attention only
+        ("recursive", "transformer").
     backbone_in_checkpoint: written by `save_pretrained`: whether the saved weights include the backbone's.
     """
 
@@ -78,6 +85,7 @@ class HybridRecursiveConfig(PreTrainedConfig):
     train_backbone: bool = False
     readout_tokens: list[str] | None = None
     readout_token_ids: list[int] | None = None
+    entity_graph: bool = False
     backbone_in_checkpoint: bool = False
 
     def __post_init__(self, **kwargs):
@@ -117,6 +125,9 @@ class HybridRecursiveConfig(PreTrainedConfig):
         if self.readout_tokens and self.task != "sequence":
             raise ValueError(f"HybridRecursiveConfig.readout_tokens is for task='sequence' (one label per text), got "
                              f"task={self.task!r}: token-level heads already read every token")
+        if self.entity_graph and self.head not in ("recursive", "transformer"):
+            raise ValueError(f"HybridRecursiveConfig.entity_graph shapes attention; the {self.head!r} head has none "
+                             "(use head='recursive' or 'transformer')")
         if self.readout_token_ids is not None and len(self.readout_token_ids) != len(self.readout_tokens or []):
             raise ValueError(f"HybridRecursiveConfig.readout_token_ids {self.readout_token_ids} must hold one id per "
                              f"readout token {self.readout_tokens}")

@@ -34,6 +34,7 @@ from hybrid.core.layers import CastedLinear, RotaryEmbedding, rms_norm, trunc_no
 from hybrid.core.losses import ACTLoss
 from hybrid.core.recursion import Carry, HRMCore, SingleZCore, TRMCore
 from hybrid.core.rollout import rollout
+from hybrid.data.text_tasks import GRAPH_KEYS
 from hybrid.models.backbones import backbone_hidden_size, backbone_hidden_states, load_backbone
 from hybrid.models.configuration_hybrid import HybridRecursiveConfig
 from hybrid.models.reasoner import CoreSpec, OutputHeads, QHead, Reasoner, act_for, build_core
@@ -61,12 +62,28 @@ def is_adapter_key(key: str) -> bool:
     return "lora_" in key
 
 
+def entity_graph_mask(attention_mask: Tensor, segment_ids: Tensor, entity_ids: Tensor) -> Tensor:
+    """[B, 1 + L, 1 + L] bool, True where query i may attend to key j (the register first): tokens of one sentence
+    see each other, mentions of one entity see each other across sentences, the register sees every real token and
+    is seen by none. Every position sees itself, so no row is empty (padding's rows are never read)."""
+    real = attention_mask.bool()
+    entity = entity_ids[:, :, None]
+    tokens = (segment_ids[:, :, None] == segment_ids[:, None, :]) | ((entity == entity_ids[:, None, :]) & (entity > 0))
+    tokens = (tokens & real[:, None, :]) | torch.eye(real.shape[1], dtype=torch.bool, device=real.device)
+    register_row = torch.cat([real.new_ones(real.shape[0], 1), real], dim=1)
+    unseen_register = real.new_zeros(*real.shape, 1)
+    return torch.cat([register_row[:, None], torch.cat([unseen_register, tokens], dim=2)], dim=1)
+
+
 class BackboneEncoder(nn.Module):
     """Batch keys: `input_ids`, `attention_mask`, optionally `token_type_ids`, or `features` (cached backbone hidden
-    states, then the backbone is skipped). Gives x [B, 1 + L, D] and its mask, the register first."""
+    states, then the backbone is skipped); with `entity_graph`, `segment_ids` and `entity_ids`. Gives x [B, 1 + L, D]
+    and its mask ([B, 1 + L] key padding, or [B, 1 + L, 1 + L] with `entity_graph`), the register first."""
 
-    def __init__(self, backbone: nn.Module, layers: list[int], hidden_size: int, rms_norm_eps: float):
+    def __init__(self, backbone: nn.Module, layers: list[int], hidden_size: int, rms_norm_eps: float,
+                 entity_graph: bool = False):
         super().__init__()
+        self.entity_graph = entity_graph
         self.backbone = backbone
         self.layers = list(layers)
         self.eps = rms_norm_eps
@@ -103,6 +120,12 @@ class BackboneEncoder(nn.Module):
         x = rms_norm(self.proj(features.float()), self.eps)
         x = torch.cat([self.register_token.expand(x.shape[0], 1, -1), x], dim=1)
         mask = batch["attention_mask"].bool()
+        if self.entity_graph:
+            missing = [key for key in GRAPH_KEYS if key not in batch]
+            if missing:
+                raise ValueError(f"an entity-graph head needs batch keys {list(GRAPH_KEYS)}; missing {missing} "
+                                 "(tokenize with entity_graph=True)")
+            return x, entity_graph_mask(mask, batch["segment_ids"], batch["entity_ids"])
         return x, torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
 
 
@@ -185,7 +208,8 @@ class HybridRecursivePreTrainedModel(PreTrainedModel):
             module._is_hf_initialized = True
 
         spec = core_spec(config)
-        encoder = BackboneEncoder(backbone, config.backbone_layers, config.hidden_size, config.rms_norm_eps)
+        encoder = BackboneEncoder(backbone, config.backbone_layers, config.hidden_size, config.rms_norm_eps,
+                                  entity_graph=config.entity_graph)
         rotary = RotaryEmbedding(config.hidden_size // config.num_heads, MAX_POSITIONS)
         core = build_core(spec, rotary)
         if config.readout_tokens and config.readout_token_ids is None:
@@ -256,16 +280,19 @@ class HybridRecursivePreTrainedModel(PreTrainedModel):
         token_type_ids: Tensor | None = None,
         labels: Tensor | None = None,
         features: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+        entity_ids: Tensor | None = None,
     ) -> HybridRecursiveOutput:
         """All `halt_max_steps` supervision steps from a fresh carry (`hybrid.core.rollout`), the carry detached
         between steps; the backbone runs once. With labels, the loss is the training loss (`ACTLoss`: token loss +
         0.5 * (Q-halt + Q-continue) BCE) divided by the batch size: its mean over the steps in training, the last
-        step's in evaluation."""
+        step's in evaluation. segment_ids, entity_ids: the entity graph (`config.entity_graph`), per token."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if features is None:
             features = self.backbone_features(input_ids, attention_mask, token_type_ids)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "features": features}
+        batch |= {k: v for k, v in (("segment_ids", segment_ids), ("entity_ids", entity_ids)) if v is not None}
         if labels is not None:
             batch["labels"] = labels
         act_loss = self.act_loss()
@@ -359,8 +386,11 @@ class HybridRecursivePreTrainedModel(PreTrainedModel):
             where = f"fine-tuned from `{c.backbone_name_or_path}`, stored in this folder"
         auto = "AutoModelForTokenClassification" if self.task == "token" else "AutoModelForSequenceClassification"
         readout = ""
+        if c.entity_graph:
+            readout += ("\n- Entity-graph attention: a token sees its sentence and the other mentions of its bracketed "
+                        "name; inputs need `segment_ids` and `entity_ids` (`hybrid.data.text_tasks.entity_graph_ids`).")
         if c.readout_tokens:
-            readout = f"\n- The classifier reads the register and the mean latent at each of the tokens {c.readout_tokens}."
+            readout += f"\n- The classifier reads the register and the mean latent at each of the tokens {c.readout_tokens}."
         lora = f"LoRA rank {c.lora_r} ({adapter_params} adapter parameters, in `{ADAPTER_FOLDER}/`)" if c.lora_r else "frozen"
         lora = "every weight trained" if c.train_backbone else lora
         return f"""---

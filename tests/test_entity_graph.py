@@ -11,6 +11,7 @@ import torch
 from datasets import Dataset
 from test_backbones import make_tiny_backbone
 from test_clutrr import _write
+from test_clutrr_run import depth_per_k
 from test_train_hybrid import overrides, train_hybrid
 
 from hybrid.data.clutrr import clutrr_text
@@ -140,4 +141,8 @@ def test_clutrr_entity_graph_run_without_the_question(tmp_path, bert):
     assert model.config.entity_graph and model.reasoner.encoder.entity_graph
     assert "Entity-graph attention" in (run / "model" / "README.md").read_text()
     assert list(json.loads((run / "results.json").read_text())["results"])[:2] == ["k=2", "k=4"]
+    # The research tools read the saved held-out sets with their graph ids (they were dropped once).
+    depth_per_k.main(["--run", str(run), "--steps", "1", "2", "--batch-size", "2"])
+    rows = json.loads((run / "depth_per_k" / "depth_per_k.json").read_text())["rows"]
+    assert [r["k"] for r in rows] == [2, 4, 10] and all(set(r["fixed"]) == {"1", "2"} for r in rows)
     assert clutrr_text("[Jo] met [Kim].", "('Jo', 'Kim')", question="none", mark_query=True) == "Story: <Jo> met {Kim}."

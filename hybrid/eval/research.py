@@ -106,7 +106,7 @@ def research_batches(
 
     from datasets import DatasetDict, load_from_disk
 
-    from hybrid.data.text_tasks import TextCollator
+    from hybrid.data.text_tasks import GRAPH_KEYS, TextCollator
 
     dataset = load_from_disk(str(data))
     if isinstance(dataset, DatasetDict):
@@ -115,18 +115,19 @@ def research_batches(
         dataset = dataset[split]
     hf_model = model.hf_model
     label_column = "labels" if hf_model.config.task == "token" else "label"
-    missing = {"input_ids", label_column} - set(dataset.column_names)
+    # An entity-graph head also reads each token's sentence and name (tokenize_dataset(..., entity_graph=True)).
+    columns = ["input_ids", label_column, *(GRAPH_KEYS if hf_model.config.entity_graph else ())]
+    missing = set(columns) - set(dataset.column_names)
     if missing:
         raise ValueError(
             f"{data}: missing columns {sorted(missing)} (it has {dataset.column_names}); save a dataset tokenized with "
-            "hybrid.data.text_tasks.tokenize_dataset"
+            "hybrid.data.text_tasks.tokenize_dataset" + (" (entity_graph=True)" if hf_model.config.entity_graph else "")
         )
     pad = hf_model.pad_token_id
     if pad is None:
         raise ValueError(f"{model.source}: the backbone config has no pad_token_id to pad text batches with")
     collate = TextCollator(pad)
     local = global_batch_size // world_size
-    columns = ["input_ids", label_column]
     for start in range(0, len(dataset), global_batch_size):
         lo = min(start + rank * local, len(dataset))
         hi = min(lo + local, start + global_batch_size, len(dataset))

@@ -14,11 +14,12 @@ from test_clutrr import _write
 from test_clutrr_run import depth_per_k
 from test_train_hybrid import overrides, train_hybrid
 
+from hybrid.core.layers import entity_graph_mask
 from hybrid.data.clutrr import clutrr_text
 from hybrid.data.text_tasks import TextCollator, entity_graph_ids, tokenize_dataset
 from hybrid.models.backbones import load_backbone
 from hybrid.models.configuration_hybrid import HybridRecursiveConfig
-from hybrid.models.modeling_hybrid import HybridRecursiveForSequenceClassification, entity_graph_mask
+from hybrid.models.modeling_hybrid import HybridRecursiveForSequenceClassification
 from hybrid.utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -149,6 +149,23 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (x32 * cos + _rotate_half(x32) * sin).to(x.dtype)
 
 
+# Per-token batch keys of entity-graph attention: the sentence a token is in and the bracketed name it belongs to.
+GRAPH_KEYS = ("segment_ids", "entity_ids")
+
+
+def entity_graph_mask(attention_mask: Tensor, segment_ids: Tensor, entity_ids: Tensor) -> Tensor:
+    """[B, 1 + L, 1 + L] bool, True where query i may attend to key j (the register first): tokens of one sentence
+    see each other, mentions of one entity see each other across sentences, the register sees every real token and
+    is seen by none. Every position sees itself, so no row is empty (padding's rows are never read)."""
+    real = attention_mask.bool()
+    entity = entity_ids[:, :, None]
+    tokens = (segment_ids[:, :, None] == segment_ids[:, None, :]) | ((entity == entity_ids[:, None, :]) & (entity > 0))
+    tokens = (tokens & real[:, None, :]) | torch.eye(real.shape[1], dtype=torch.bool, device=real.device)
+    register_row = torch.cat([real.new_ones(real.shape[0], 1), real], dim=1)
+    unseen_register = real.new_zeros(*real.shape, 1)
+    return torch.cat([register_row[:, None], torch.cat([unseen_register, tokens], dim=2)], dim=1)
+
+
 class Attention(nn.Module):
     """Non-causal multi-head self-attention with a fused [q; k; v] projection, RoPE and an optional key-padding mask."""
 

@@ -19,6 +19,7 @@ from datasets import Dataset, load_dataset
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from hybrid.core.layers import GRAPH_KEYS
 from hybrid.core.losses import IGNORE_LABEL_ID
 from hybrid.data.sudoku import BOXES, generate_puzzles
 
@@ -303,7 +304,6 @@ def align_word_labels(
 # mark_query); sentences end at . ? or !.
 ENTITY = re.compile(r"\[([^\[\]<>{}]+)\]|<([^\[\]<>{}]+)>|\{([^\[\]<>{}]+)\}")
 SENTENCE_END = re.compile(r"[.?!]+")
-GRAPH_KEYS = ("segment_ids", "entity_ids")
 
 
 def entity_graph_ids(text: str, offsets: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
@@ -416,7 +416,6 @@ class TextCollator:
 
 
 __all__ = [
-    "GRAPH_KEYS",
     "LabelMap",
     "TextCollator",
     "align_word_labels",

@@ -30,11 +30,10 @@ from transformers import (
 from transformers.utils import ModelOutput, cached_file
 
 from hybrid.core.act import Batch, ReasonerOutput
-from hybrid.core.layers import CastedLinear, RotaryEmbedding, rms_norm, trunc_normal_init_
+from hybrid.core.layers import GRAPH_KEYS, CastedLinear, RotaryEmbedding, entity_graph_mask, rms_norm, trunc_normal_init_
 from hybrid.core.losses import ACTLoss
 from hybrid.core.recursion import Carry, HRMCore, SingleZCore, TRMCore
 from hybrid.core.rollout import rollout
-from hybrid.data.text_tasks import GRAPH_KEYS
 from hybrid.models.backbones import backbone_hidden_size, backbone_hidden_states, load_backbone
 from hybrid.models.configuration_hybrid import HybridRecursiveConfig
 from hybrid.models.reasoner import CoreSpec, OutputHeads, QHead, Reasoner, act_for, build_core
@@ -60,19 +59,6 @@ class HybridRecursiveOutput(ModelOutput):
 
 def is_adapter_key(key: str) -> bool:
     return "lora_" in key
-
-
-def entity_graph_mask(attention_mask: Tensor, segment_ids: Tensor, entity_ids: Tensor) -> Tensor:
-    """[B, 1 + L, 1 + L] bool, True where query i may attend to key j (the register first): tokens of one sentence
-    see each other, mentions of one entity see each other across sentences, the register sees every real token and
-    is seen by none. Every position sees itself, so no row is empty (padding's rows are never read)."""
-    real = attention_mask.bool()
-    entity = entity_ids[:, :, None]
-    tokens = (segment_ids[:, :, None] == segment_ids[:, None, :]) | ((entity == entity_ids[:, None, :]) & (entity > 0))
-    tokens = (tokens & real[:, None, :]) | torch.eye(real.shape[1], dtype=torch.bool, device=real.device)
-    register_row = torch.cat([real.new_ones(real.shape[0], 1), real], dim=1)
-    unseen_register = real.new_zeros(*real.shape, 1)
-    return torch.cat([register_row[:, None], torch.cat([unseen_register, tokens], dim=2)], dim=1)
 
 
 class BackboneEncoder(nn.Module):
@@ -387,8 +373,7 @@ class HybridRecursivePreTrainedModel(PreTrainedModel):
         auto = "AutoModelForTokenClassification" if self.task == "token" else "AutoModelForSequenceClassification"
         readout = ""
         if c.entity_graph:
-            readout += ("\n- Entity-graph attention: a token sees its sentence and the other mentions of its bracketed "
-                        "name; inputs need `segment_ids` and `entity_ids` (`hybrid.data.text_tasks.entity_graph_ids`).")
+            readout += "\n- Entity-graph attention: inputs need `segment_ids` and `entity_ids` (`entity_graph_ids`)."
         if c.readout_tokens:
             readout += f"\n- The classifier reads the register and the mean latent at each of the tokens {c.readout_tokens}."
         lora = f"LoRA rank {c.lora_r} ({adapter_params} adapter parameters, in `{ADAPTER_FOLDER}/`)" if c.lora_r else "frozen"

@@ -106,7 +106,8 @@ def research_batches(
 
     from datasets import DatasetDict, load_from_disk
 
-    from hybrid.data.text_tasks import GRAPH_KEYS, TextCollator
+    from hybrid.core.layers import GRAPH_KEYS
+    from hybrid.data.text_tasks import TextCollator
 
     dataset = load_from_disk(str(data))
     if isinstance(dataset, DatasetDict):

@@ -9,6 +9,7 @@ Sudoku puzzles come from the grid generator in `hybrid.data.sudoku` (unique solu
 experiments draw from the same distribution.
 """
 
+import bisect
 import random
 import re
 from dataclasses import dataclass
@@ -324,7 +325,7 @@ def entity_graph_ids(text: str, offsets: list[tuple[int, int]]) -> tuple[list[in
             segment_ids.append(-1)
             entity_ids.append(0)
             continue
-        segment_ids.append(sum(e <= start for e in ends))
+        segment_ids.append(bisect.bisect_right(ends, start))
         entity_ids.append(next((entity for a, b, entity in spans if a <= start and end <= b), 0))
     return segment_ids, entity_ids
 
@@ -357,10 +358,12 @@ def tokenize_dataset(
             )
             out = {"input_ids": input_ids, "labels": labels}
         else:
-            out = {"input_ids": tokenizer(example["text"])["input_ids"]}
+            encoding = tokenizer(example["text"], return_offsets_mapping=entity_graph)
+            out = {"input_ids": encoding["input_ids"]}
         if entity_graph:
-            offsets = tokenizer(example["text"], return_offsets_mapping=True)["offset_mapping"]
-            out["segment_ids"], out["entity_ids"] = entity_graph_ids(example["text"], offsets)
+            if level == "token":
+                encoding = tokenizer(example["text"], return_offsets_mapping=True)
+            out["segment_ids"], out["entity_ids"] = entity_graph_ids(example["text"], encoding["offset_mapping"])
             if not any(out["entity_ids"]):
                 raise ValueError(f"example {index}: no bracketed name ([Name], <Name> or {{Name}}) for the entity graph")
         if max_length is not None and len(out["input_ids"]) > max_length:

@@ -1,0 +1,280 @@
+"""CLUTRR research screen: a recursive head over the story's people, propagating "how is this person related to A?"
+outward from A one kinship fact per step, against the same head without weight sharing.
+
+    python bench/clutrr_entity_recurrence.py --seeds 0 1 2 --steps 1500 --out runs/screen/entity_recurrence
+
+Why: the token-level heads of hybrid mode answer k = 2, 3 from the chain's end facts and never learn to follow a
+chain (docs/results.md, "Embedding layer only"). This screen builds in the structure a chain-following solver needs:
+- the backbone (frozen all-MiniLM-L6-v2, layers [0, -1]) reads each sentence alone, so a token's features hold its
+  own kinship fact and nothing from the rest of the story;
+- one node per bracketed person; each sentence gives every ordered pair of its people u -> v a relation vector
+  r_uv = MLP([mention_u; mention_v; sentence mean]) after one sentence-local attention layer;
+- the state of A is a learned vector; step t gives each person first reached at graph distance t the mean over its
+  reached neighbours u of compose(h_u, r_uv) (breadth first, so every person is written once, along shortest paths);
+- the classifier reads B's state. The number of steps is the distance from A to B: longer chains take more steps.
+`--variants recursive` shares `compose` across steps (a recursive head); `untied` gives each of the first
+`--untied-depth` steps its own `compose` and stops there, as a fixed-depth (non-recursive) network must.
+
+The input is `task.mark_query=true, task.question=none` text (A written <A>, B {B}); story and query only.
+Not part of the hybrid training recipe: a screen to decide whether this structure is worth building in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hybrid.data.clutrr import load_clutrr
+from hybrid.data.text_tasks import tokenize_dataset
+from hybrid.models.backbones import backbone_hidden_states, backbone_max_length, load_backbone
+from hybrid.utils import UserError, get_logger, run_main
+
+log = get_logger("hybrid.clutrr_entity_recurrence")
+BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
+LAYERS = [0, -1]
+MARK_A, MARK_B = "<", "{"
+
+
+def sentence_features(model, input_ids: list[list[int]], segment_ids: list[list[int]], cls: int, sep: int,
+                      batch_size: int = 128) -> list[Tensor]:
+    """Per text, [L, D] backbone features where each sentence's tokens come from a backbone pass over that sentence
+    alone ([CLS] sentence [SEP]); tokens outside any sentence (the text's own [CLS], [SEP]) stay zero."""
+    width = model.config.hidden_size * len(LAYERS)
+    out = [torch.zeros(len(ids), width, dtype=torch.float16) for ids in input_ids]
+    jobs = [(i, [t for t, s in enumerate(seg) if s == sentence])
+            for i, seg in enumerate(segment_ids) for sentence in sorted(set(seg) - {-1})]
+    jobs.sort(key=lambda job: len(job[1]))
+    start = time.time()
+    for b in range(0, len(jobs), batch_size):
+        chunk = jobs[b: b + batch_size]
+        length = max(len(pos) for _, pos in chunk) + 2
+        ids = torch.zeros(len(chunk), length, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, (i, pos) in enumerate(chunk):
+            tokens = [cls, *(input_ids[i][t] for t in pos), sep]
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+            mask[row, : len(tokens)] = 1
+        with torch.no_grad():
+            hidden = backbone_hidden_states(model, ids, mask, LAYERS).half()
+        for row, (i, pos) in enumerate(chunk):
+            out[i][pos] = hidden[row, 1: 1 + len(pos)]
+        if (b // batch_size) % 20 == 0:
+            log.info("sentence features: %d / %d sentences, %.0f s", b + len(chunk), len(jobs), time.time() - start)
+    return out
+
+
+def join_one_person_sentences(segment_ids: list[int], entity_ids: list[int]) -> list[int]:
+    """Segment ids where a sentence naming at most one person is joined to the sentence before it. CLUTRR's
+    crowd-written stories carry a fact across a sentence boundary with a pronoun ("[Tim] likes to visit his sister.
+    Her name is [Ann]."), which leaves the two people in no common sentence: without joining, 13 % of the training
+    stories and 27 % of the k = 10 ones have no path from A to B."""
+    people: dict[int, set[int]] = {}
+    for s, e in zip(segment_ids, entity_ids):
+        if s >= 0:
+            people.setdefault(s, set()).update({e} - {0})
+    joined: dict[int, int] = {}
+    for s in sorted(people):
+        joined[s] = joined[s - 1] if len(people[s]) <= 1 and s - 1 in joined else s
+    return [joined.get(s, -1) for s in segment_ids]
+
+
+def build_examples(dataset, tokenizer, model, label_ids: dict[str, int], join: bool) -> list[tuple]:
+    """(features, segment_ids, entity_ids, A's entity, B's entity, label id) per story."""
+    data = tokenize_dataset(dataset, tokenizer, level="sequence", max_length=backbone_max_length(model.config, tokenizer),
+                            entity_graph=True)
+    marks = tokenizer.convert_tokens_to_ids([MARK_A, MARK_B])
+    segments = data["segment_ids"]
+    if join:
+        segments = [join_one_person_sentences(seg, ent) for seg, ent in zip(segments, data["entity_ids"])]
+    features = sentence_features(model, data["input_ids"], segments, tokenizer.cls_token_id, tokenizer.sep_token_id)
+    examples = []
+    for f, ids, seg, ent, label in zip(features, data["input_ids"], segments, data["entity_ids"], data["label"]):
+        ids, ent = torch.tensor(ids), torch.tensor(ent)
+        a, b = (int(ent[ids == mark][0]) for mark in marks)
+        examples.append((f, torch.tensor(seg), ent, a, b, label_ids[label]))
+    return examples
+
+
+def collate(examples: list[tuple]) -> dict[str, Tensor]:
+    n, length = len(examples), max(len(e[1]) for e in examples)
+    batch = {"features": torch.zeros(n, length, examples[0][0].shape[1]),
+             "segment_ids": torch.full((n, length), -1), "entity_ids": torch.zeros(n, length, dtype=torch.long)}
+    for row, (f, seg, ent, *_) in enumerate(examples):
+        batch["features"][row, : len(seg)] = f.float()
+        batch["segment_ids"][row, : len(seg)] = seg
+        batch["entity_ids"][row, : len(seg)] = ent
+    for key, column in (("a", 3), ("b", 4), ("labels", 5)):
+        batch[key] = torch.tensor([e[column] for e in examples])
+    return batch
+
+
+class EntityRecurrence(nn.Module):
+    """Sentence-local encoder -> relation vectors r_uv between the people of each sentence -> breadth-first
+    propagation of A's relation to every person -> classifier on B's state (see the module docstring)."""
+
+    def __init__(self, in_features: int, width: int, num_labels: int, tied: bool, untied_depth: int):
+        super().__init__()
+        self.proj = nn.Linear(in_features, width)
+        self.position = nn.Embedding(512, width)
+        self.sentence_layer = nn.TransformerEncoderLayer(width, 4, 4 * width, dropout=0.0, batch_first=True,
+                                                         norm_first=True)
+        self.relation = nn.Sequential(nn.Linear(3 * width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+        self.start = nn.Parameter(torch.randn(width))
+        self.max_depth = None if tied else untied_depth
+        self.compose = nn.ModuleList(
+            nn.Sequential(nn.Linear(2 * width, 2 * width), nn.GELU(), nn.Linear(2 * width, width), nn.LayerNorm(width))
+            for _ in range(1 if tied else untied_depth))
+        self.classifier = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(),
+                                        nn.Linear(width, num_labels))
+
+    def relations(self, features: Tensor, segment_ids: Tensor, entity_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """(r [B, E, E, D], adjacency [B, E, E] bool): r_uv summed over the sentences naming both u and v."""
+        length = features.shape[1]
+        x = self.proj(features) + self.position(torch.arange(length))[None]
+        same_sentence = (segment_ids[:, :, None] == segment_ids[:, None, :]) | torch.eye(length, dtype=torch.bool)
+        x = self.sentence_layer(x, src_mask=~same_sentence.repeat_interleave(self.sentence_layer.self_attn.num_heads, 0))
+        sentences = int(segment_ids.max()) + 1
+        people = int(entity_ids.max()) + 1
+        in_sentence = F.one_hot(segment_ids.clamp(min=0), sentences).float() * (segment_ids >= 0)[..., None]
+        is_person = F.one_hot(entity_ids, people).float()
+        is_person[..., 0] = 0  # entity id 0: not inside a bracketed name
+        count = torch.einsum("bts,bte->bse", in_sentence, is_person)
+        mention = torch.einsum("bts,bte,btd->bsed", in_sentence, is_person, x) / count.clamp(min=1)[..., None]
+        sentence_mean = torch.einsum("bts,btd->bsd", in_sentence, x) / in_sentence.sum(1).clamp(min=1)[..., None]
+        present = count > 0
+        pair = present[:, :, :, None] & present[:, :, None, :] & ~torch.eye(people, dtype=torch.bool)
+        u_side = mention[:, :, :, None].expand(-1, -1, -1, people, -1)
+        v_side = mention[:, :, None].expand(-1, -1, people, -1, -1)
+        context = sentence_mean[:, :, None, None].expand(-1, -1, people, people, -1)
+        inputs = torch.cat([u_side, v_side, context], dim=-1)
+        return (self.relation(inputs) * pair[..., None]).sum(1), pair.any(1)
+
+    def forward(self, features: Tensor, segment_ids: Tensor, entity_ids: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        r, adjacency = self.relations(features, segment_ids, entity_ids)
+        batch, people = adjacency.shape[:2]
+        rows = torch.arange(batch)
+        h = torch.zeros(batch, people, r.shape[-1])
+        h[rows, a] = self.start
+        reached = torch.zeros(batch, people, dtype=torch.bool)
+        reached[rows, a] = True
+        frontier = reached.clone()
+        for depth in range(people):
+            if self.max_depth is not None and depth == self.max_depth:
+                break
+            edges = adjacency & frontier[:, :, None] & ~reached[:, None, :]  # u on the frontier -> v not yet reached
+            new = edges.any(1)
+            if not new.any():
+                break
+            compose = self.compose[0 if self.max_depth is None else depth]
+            messages = compose(torch.cat([h[:, :, None].expand(-1, -1, people, -1), r], dim=-1))
+            weights = edges.float()[..., None]
+            h = torch.where(new[..., None], (messages * weights).sum(1) / weights.sum(1).clamp(min=1), h)
+            reached |= new
+            frontier = new
+        return self.classifier(h[rows, b])
+
+
+def train_and_evaluate(train: list, tests: dict[str, list], num_labels: int, variant: str, seed: int,
+                       args: argparse.Namespace) -> dict:
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    model = EntityRecurrence(train[0][0].shape[1], args.width, num_labels, tied=variant == "recursive",
+                             untied_depth=args.untied_depth)
+    params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
+    warmup = 100
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * i / args.steps)))
+    start = time.time()
+    for step in range(args.steps):
+        batch = collate(rng.sample(train, args.batch_size))
+        labels = batch.pop("labels")
+        loss = F.cross_entropy(model(**batch), labels)
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        schedule.step()
+        if step % 250 == 0 or step == args.steps - 1:
+            log.info("%s seed %d step %d loss %.3f (%.0f s)", variant, seed, step, loss.item(), time.time() - start)
+    wall = time.time() - start
+    model.eval()
+    accuracy = {}
+    with torch.no_grad():
+        for name, examples in tests.items():
+            correct = 0
+            for s in range(0, len(examples), 64):
+                batch = collate(examples[s: s + 64])
+                labels = batch.pop("labels")
+                correct += (model(**batch).argmax(-1) == labels).sum().item()
+            accuracy[name] = 100 * correct / len(examples)
+    deep = [accuracy[f"k={k}"] for k in range(4, 11) if f"k={k}" in accuracy]
+    return {"variant": variant, "seed": seed, "params": params, "wall_s": round(wall), "accuracy": accuracy,
+            "mean_k4_10": sum(deep) / len(deep)}
+
+
+def table(results: list[dict], names: list[str]) -> str:
+    lines = ["| variant | params | " + " | ".join(names) + " | mean k=4..10 | wall s |", "|" + "---|" * (len(names) + 4)]
+    for variant in dict.fromkeys(r["variant"] for r in results):
+        rows = [r for r in results if r["variant"] == variant]
+        means = torch.tensor([r["mean_k4_10"] for r in rows])
+        cells = [f"{sum(r['accuracy'][n] for r in rows) / len(rows):.1f}" for n in names]
+        spread = f" ± {means.std().item():.1f}" if len(rows) > 1 else ""
+        seeds = " / ".join(f"{m:.1f}" for m in means.tolist())
+        lines.append(f"| {variant} | {rows[0]['params']:,} | " + " | ".join(cells)
+                     + f" | {means.mean().item():.1f}{spread} ({seeds}) | {sum(r['wall_s'] for r in rows) / len(rows):.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=None, help="CLUTRR folder or Hub id (default $HYBRID_DATA_DIR/clutrr)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--variants", nargs="+", default=["recursive", "untied"], choices=["recursive", "untied"])
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--untied-depth", type=int, default=3, help="steps of the untied variant (train k <= 3)")
+    parser.add_argument("--no-join-sentences", dest="join_sentences", action="store_false",
+                        help="keep every sentence apart (see join_one_person_sentences)")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.out.exists() and any(args.out.iterdir()):
+        raise UserError(f"--out {args.out} is not empty; pick a new folder")
+    try:
+        train_set, test_sets = load_clutrr(args.data, question="none", mark_query=True)
+    except ValueError as error:  # a missing folder or a malformed file: the user's input
+        raise UserError(str(error)) from None
+    backbone, tokenizer = load_backbone(BACKBONE)
+    backbone.eval()
+    label_ids = {name: i for i, name in enumerate(sorted(set(train_set["label"])))}
+    unseen = {n for s in test_sets.values() for n in s["label"]} - set(label_ids)
+    if unseen:
+        raise UserError(f"held-out labels {sorted(unseen)} never occur in training")
+    log.info("building sentence-local features for %d training stories", len(train_set))
+    train = build_examples(train_set, tokenizer, backbone, label_ids, args.join_sentences)
+    tests = {name: build_examples(s, tokenizer, backbone, label_ids, args.join_sentences) for name, s in test_sets.items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for variant in args.variants:
+        for seed in args.seeds:
+            results.append(train_and_evaluate(train, tests, len(label_ids), variant, seed, args))
+            log.info("%s seed %d: mean k=4..10 %.1f %%", variant, seed, results[-1]["mean_k4_10"])
+            (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                               "results": results}, indent=1))
+    markdown = table(results, list(test_sets))
+    (args.out / "table.md").write_text(markdown + "\n")
+    print(markdown)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,19 +1,24 @@
 """CLUTRR research screen: a recursive head over the story's people, propagating "how is this person related to A?"
-outward from A one kinship fact per step, against the same head without weight sharing.
+outward from A one kinship fact per step, against the same head without weight sharing and a graph transformer over
+the same people.
 
     python bench/clutrr_entity_recurrence.py --seeds 0 1 2 --steps 1500 --out runs/screen/entity_recurrence
 
 Why: the token-level heads of hybrid mode answer k = 2, 3 from the chain's end facts and never learn to follow a
 chain (docs/results.md, "Embedding layer only"). This screen builds in the structure a chain-following solver needs:
 - the backbone (frozen all-MiniLM-L6-v2, layers [0, -1]) reads each sentence alone, so a token's features hold its
-  own kinship fact and nothing from the rest of the story;
-- one node per bracketed person; each sentence gives every ordered pair of its people u -> v a relation vector
-  r_uv = MLP([mention_u; mention_v; sentence mean]) after one sentence-local attention layer;
+  own kinship fact and nothing from the rest of the story; a sentence naming at most one person is joined to the one
+  before (pronouns carry facts across the full stop);
+- one node per bracketed person; after one sentence-local attention layer, each pair of neighbouring names in a
+  sentence gives a relation vector r_uv = MLP([mention_u; mention_v; words between]) for each direction
+  (`--edges sentence`: every pair of a sentence, with the sentence mean instead of the words between);
 - the state of A is a learned vector; step t gives each person first reached at graph distance t the mean over its
   reached neighbours u of compose(h_u, r_uv) (breadth first, so every person is written once, along shortest paths);
 - the classifier reads B's state. The number of steps is the distance from A to B: longer chains take more steps.
 `--variants recursive` shares `compose` across steps (a recursive head); `untied` gives each of the first
-`--untied-depth` steps its own `compose` and stops there, as a fixed-depth (non-recursive) network must.
+`--untied-depth` steps its own `compose` and stops there, as a fixed-depth (non-recursive) network must; `graph` is
+a non-recursive graph transformer on the same relation vectors (`--graph-layers` layers with their own weights,
+every person updated at once).
 
 The input is `task.mark_query=true, task.question=none` text (A written <A>, B {B}); story and query only.
 Not part of the hybrid training recipe: a screen to decide whether this structure is worth building in.
@@ -116,33 +121,57 @@ def collate(examples: list[tuple]) -> dict[str, Tensor]:
     return batch
 
 
-class EntityRecurrence(nn.Module):
-    """Sentence-local encoder -> relation vectors r_uv between the people of each sentence -> breadth-first
-    propagation of A's relation to every person -> classifier on B's state (see the module docstring)."""
+def mention_pairs(segment_ids: Tensor, entity_ids: Tensor) -> list[tuple[int, ...]]:
+    """Consecutive mentions of two different people inside one (joined) sentence, as (row, u, v, u_start, u_end,
+    v_start, v_end) with token spans [start, end). CLUTRR's sentences state one fact between neighbouring names
+    ("[Kecia] took her sister, [Florence], and [Florence]'s daughter, [Beverly]"); a pair further apart is only
+    implied, through the people between, and run-on sentences without a full stop make such pairs common in the long
+    stories (up to 7 people in one sentence at k >= 4, never more than 4 in training)."""
+    pairs = []
+    for row, (seg, ent) in enumerate(zip(segment_ids.tolist(), entity_ids.tolist())):
+        mentions, t = [], 0
+        while t < len(ent):
+            if ent[t] > 0 and seg[t] >= 0:
+                first = t
+                while t < len(ent) and (ent[t], seg[t]) == (ent[first], seg[first]):
+                    t += 1
+                mentions.append((seg[first], ent[first], first, t))
+            else:
+                t += 1
+        pairs += [(row, e1, e2, s1, t1, s2, t2) for (g1, e1, s1, t1), (g2, e2, s2, t2) in zip(mentions, mentions[1:])
+                  if g1 == g2 and e1 != e2]
+    return pairs
 
-    def __init__(self, in_features: int, width: int, num_labels: int, tied: bool, untied_depth: int):
+
+class PersonGraph(nn.Module):
+    """Sentence-local encoder -> relation vectors r_uv between people -> a reasoner over the people (subclasses)
+    -> classifier on B's state. `edges="adjacent"` links neighbouring names of a sentence and reads r_uv from the
+    two mentions and the words between them; `edges="sentence"` links every pair of people in a sentence and reads
+    r_uv from the two mentions and the sentence mean."""
+
+    def __init__(self, in_features: int, width: int, num_labels: int, edges: str):
         super().__init__()
+        self.edges = edges
         self.proj = nn.Linear(in_features, width)
         self.position = nn.Embedding(512, width)
         self.sentence_layer = nn.TransformerEncoderLayer(width, 4, 4 * width, dropout=0.0, batch_first=True,
                                                          norm_first=True)
         self.relation = nn.Sequential(nn.Linear(3 * width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+        self.direction = nn.Embedding(2, width)  # adjacent edges: u named before v, or after
         self.start = nn.Parameter(torch.randn(width))
-        self.max_depth = None if tied else untied_depth
-        self.compose = nn.ModuleList(
-            nn.Sequential(nn.Linear(2 * width, 2 * width), nn.GELU(), nn.Linear(2 * width, width), nn.LayerNorm(width))
-            for _ in range(1 if tied else untied_depth))
         self.classifier = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(),
                                         nn.Linear(width, num_labels))
 
     def relations(self, features: Tensor, segment_ids: Tensor, entity_ids: Tensor) -> tuple[Tensor, Tensor]:
-        """(r [B, E, E, D], adjacency [B, E, E] bool): r_uv summed over the sentences naming both u and v."""
+        """(r [B, E, E, D], adjacency [B, E, E] bool): r_uv summed over the sentences that link u to v."""
         length = features.shape[1]
         x = self.proj(features) + self.position(torch.arange(length))[None]
         same_sentence = (segment_ids[:, :, None] == segment_ids[:, None, :]) | torch.eye(length, dtype=torch.bool)
         x = self.sentence_layer(x, src_mask=~same_sentence.repeat_interleave(self.sentence_layer.self_attn.num_heads, 0))
-        sentences = int(segment_ids.max()) + 1
         people = int(entity_ids.max()) + 1
+        if self.edges == "adjacent":
+            return self._adjacent_relations(x, segment_ids, entity_ids, people)
+        sentences = int(segment_ids.max()) + 1
         in_sentence = F.one_hot(segment_ids.clamp(min=0), sentences).float() * (segment_ids >= 0)[..., None]
         is_person = F.one_hot(entity_ids, people).float()
         is_person[..., 0] = 0  # entity id 0: not inside a bracketed name
@@ -157,14 +186,51 @@ class EntityRecurrence(nn.Module):
         inputs = torch.cat([u_side, v_side, context], dim=-1)
         return (self.relation(inputs) * pair[..., None]).sum(1), pair.any(1)
 
+    def _adjacent_relations(self, x: Tensor, segment_ids: Tensor, entity_ids: Tensor, people: int):
+        batch, length, width = x.shape
+        pairs = mention_pairs(segment_ids, entity_ids)
+        r = torch.zeros(batch, people, people, width)
+        adjacency = torch.zeros(batch, people, people, dtype=torch.bool)
+        if not pairs:
+            return r, adjacency
+        pool = torch.zeros(3, len(pairs), batch * length)  # rows average u's mention, v's mention, the words between
+        for i, (row, _, _, u_start, u_end, v_start, v_end) in enumerate(pairs):
+            offset = row * length
+            for j, (lo, hi) in enumerate(((u_start, u_end), (v_start, v_end), (u_end, v_start))):
+                if hi > lo:
+                    pool[j, i, offset + lo: offset + hi] = 1 / (hi - lo)
+        u_side, v_side, between = (pool[j] @ x.reshape(-1, width) for j in range(3))
+        rows, u, v = torch.tensor([p[:3] for p in pairs]).T
+        forward = self.relation(torch.cat([u_side, v_side, between + self.direction.weight[0]], dim=-1))
+        backward = self.relation(torch.cat([v_side, u_side, between + self.direction.weight[1]], dim=-1))
+        r = r.index_put((rows, u, v), forward, accumulate=True).index_put((rows, v, u), backward, accumulate=True)
+        adjacency[rows, u, v] = adjacency[rows, v, u] = True
+        return r, adjacency
+
+    def initial_state(self, r: Tensor, a: Tensor) -> Tensor:
+        h = torch.zeros(r.shape[0], r.shape[1], r.shape[-1])
+        h[torch.arange(r.shape[0]), a] = self.start
+        return h
+
+
+class EntityRecurrence(PersonGraph):
+    """Breadth-first from A: step t writes each person first reached at distance t as the mean over its reached
+    neighbours u of compose(h_u, r_uv) (see the module docstring)."""
+
+    def __init__(self, in_features: int, width: int, num_labels: int, tied: bool, untied_depth: int,
+                 edges: str = "adjacent"):
+        super().__init__(in_features, width, num_labels, edges)
+        self.max_depth = None if tied else untied_depth
+        self.compose = nn.ModuleList(
+            nn.Sequential(nn.Linear(2 * width, 2 * width), nn.GELU(), nn.Linear(2 * width, width), nn.LayerNorm(width))
+            for _ in range(1 if tied else untied_depth))
+
     def forward(self, features: Tensor, segment_ids: Tensor, entity_ids: Tensor, a: Tensor, b: Tensor) -> Tensor:
         r, adjacency = self.relations(features, segment_ids, entity_ids)
         batch, people = adjacency.shape[:2]
-        rows = torch.arange(batch)
-        h = torch.zeros(batch, people, r.shape[-1])
-        h[rows, a] = self.start
+        h = self.initial_state(r, a)
         reached = torch.zeros(batch, people, dtype=torch.bool)
-        reached[rows, a] = True
+        reached[torch.arange(batch), a] = True
         frontier = reached.clone()
         for depth in range(people):
             if self.max_depth is not None and depth == self.max_depth:
@@ -179,6 +245,31 @@ class EntityRecurrence(nn.Module):
             h = torch.where(new[..., None], (messages * weights).sum(1) / weights.sum(1).clamp(min=1), h)
             reached |= new
             frontier = new
+        return self.classifier(h[torch.arange(batch), b])
+
+
+class GraphLayers(PersonGraph):
+    """The non-recursive comparator on the same input: `layers` message-passing layers, each with its own weights,
+    update every person at once from the mean of compose_l(h_u, r_uv) over all its neighbours, with a residual and
+    a LayerNorm (a graph transformer over the people); B carries a learned marker, A the start vector."""
+
+    def __init__(self, in_features: int, width: int, num_labels: int, layers: int, edges: str = "adjacent"):
+        super().__init__(in_features, width, num_labels, edges)
+        self.compose = nn.ModuleList(
+            nn.Sequential(nn.Linear(2 * width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+            for _ in range(layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(layers))
+        self.b_marker = nn.Parameter(torch.randn(width))
+
+    def forward(self, features: Tensor, segment_ids: Tensor, entity_ids: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        r, adjacency = self.relations(features, segment_ids, entity_ids)
+        rows, people = torch.arange(r.shape[0]), r.shape[1]
+        h = self.initial_state(r, a)
+        h[rows, b] = h[rows, b] + self.b_marker
+        weights = adjacency.float()[..., None]
+        for compose, norm in zip(self.compose, self.norms):
+            messages = compose(torch.cat([h[:, :, None].expand(-1, -1, people, -1), r], dim=-1))
+            h = norm(h + (messages * weights).sum(1) / weights.sum(1).clamp(min=1))
         return self.classifier(h[rows, b])
 
 
@@ -186,8 +277,11 @@ def train_and_evaluate(train: list, tests: dict[str, list], num_labels: int, var
                        args: argparse.Namespace) -> dict:
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    model = EntityRecurrence(train[0][0].shape[1], args.width, num_labels, tied=variant == "recursive",
-                             untied_depth=args.untied_depth)
+    if variant == "graph":
+        model = GraphLayers(train[0][0].shape[1], args.width, num_labels, args.graph_layers, args.edges)
+    else:
+        model = EntityRecurrence(train[0][0].shape[1], args.width, num_labels, tied=variant == "recursive",
+                                 untied_depth=args.untied_depth, edges=args.edges)
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
     warmup = 100
@@ -238,12 +332,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="CLUTRR folder or Hub id (default $HYBRID_DATA_DIR/clutrr)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--variants", nargs="+", default=["recursive", "untied"], choices=["recursive", "untied"])
+    parser.add_argument("--variants", nargs="+", default=["recursive", "untied", "graph"],
+                        choices=["recursive", "untied", "graph"])
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--untied-depth", type=int, default=3, help="steps of the untied variant (train k <= 3)")
+    parser.add_argument("--graph-layers", type=int, default=4, help="layers of the graph variant")
+    parser.add_argument("--edges", default="adjacent", choices=["adjacent", "sentence"],
+                        help="link neighbouring names of a sentence, or every pair (see PersonGraph)")
     parser.add_argument("--no-join-sentences", dest="join_sentences", action="store_false",
                         help="keep every sentence apart (see join_one_person_sentences)")
     parser.add_argument("--out", type=Path, required=True)

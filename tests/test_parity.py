@@ -40,6 +40,15 @@ class Oracle:
         m = self.cfg["model_cfg"]
         return 1e-4 if m.get("mlp_t") and m["seq_len"] + self.cfg["puzzle_emb_len"] > 64 else 1e-5
 
+    @property
+    def q_factor(self) -> float:
+        # The Q logits come from z_H at one position and are small next to the arrays' maxima, so fp32 kernel choice
+        # shows more in them. On an AVX-512/AMX Xeon, the long-sequence mlp_t case's first q_halt differs by 2.3-2.6e-4
+        # of its max (with MKL's AVX2 or AVX-512 kernels), while its logits and z pass at 1e-4. Its teacher-forced
+        # steps 2..T pass at 1e-4 too. Train step 1, from the carried-over state, is at 1.9e-3 against LOOSE. A wrong
+        # model is off by O(1), so ten times the tolerance still fails it.
+        return 10.0 if self.tol == 1e-4 else 1.0
+
     def build(self) -> tuple[PureReasoner, ACTLoss]:
         reasoner, act = from_official(
             self.cfg["model_cfg"], self.state_dict, family=self.cfg["family"], loss_type=self.cfg["loss_type"]
@@ -90,8 +99,9 @@ def batch_of(data: dict[str, np.ndarray], prefix: str = "", index: int | None = 
 def check_eval_step(oracle: Oracle, t: int, carry: ACTCarry, loss, metrics, preds):
     d, tol, what = oracle.data, oracle.tol, f"eval step {t + 1}"
     assert_close(preds["logits"], d["eval_logits"][t], tol, f"{what} logits")
-    assert_close(preds["q_halt_logits"], d["eval_q_halt_logits"][t], tol, f"{what} q_halt")
-    assert_close(preds["q_continue_logits"], d["eval_q_continue_logits"][t], tol, f"{what} q_continue")
+    q_tol = tol * oracle.q_factor
+    assert_close(preds["q_halt_logits"], d["eval_q_halt_logits"][t], q_tol, f"{what} q_halt")
+    assert_close(preds["q_continue_logits"], d["eval_q_continue_logits"][t], q_tol, f"{what} q_continue")
     assert_close(carry.inner[0], d["eval_z_H"][t], tol, f"{what} z_H")
     assert_close(carry.inner[1], d["eval_z_L"][t], tol, f"{what} z_L")
     assert_close(loss, d["eval_loss"][t], tol, f"{what} loss")
@@ -163,8 +173,9 @@ def test_train_steps_with_persistent_carry(oracle):
         np.testing.assert_array_equal(carry.halted.cpu().numpy(), d["train_halted"][k], err_msg=f"{what} halted")
         np.testing.assert_array_equal(carry.steps.cpu().numpy(), d["train_steps"][k], err_msg=f"{what} steps")
         assert_close(preds["logits"], d["train_logits"][k], tol, f"{what} logits")
-        assert_close(preds["q_halt_logits"], d["train_q_halt_logits"][k], tol, f"{what} q_halt")
-        assert_close(preds["q_continue_logits"], d["train_q_continue_logits"][k], tol, f"{what} q_continue")
+        q_tol = tol * oracle.q_factor
+        assert_close(preds["q_halt_logits"], d["train_q_halt_logits"][k], q_tol, f"{what} q_halt")
+        assert_close(preds["q_continue_logits"], d["train_q_continue_logits"][k], q_tol, f"{what} q_continue")
         assert_close(loss, d["train_loss"][k], tol, f"{what} loss")
         grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.double().norm() for p in dense.values()]))
         assert_close(grad_norm, d["train_grad_norm"][k], tol, f"{what} dense grad norm")

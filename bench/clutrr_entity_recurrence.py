@@ -157,7 +157,8 @@ class PersonGraph(nn.Module):
         self.sentence_layer = nn.TransformerEncoderLayer(width, 4, 4 * width, dropout=0.0, batch_first=True,
                                                          norm_first=True)
         self.relation = nn.Sequential(nn.Linear(3 * width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
-        self.direction = nn.Embedding(2, width)  # adjacent edges: u named before v, or after
+        if edges == "adjacent":
+            self.direction = nn.Embedding(2, width)  # u named before v, or after
         self.start = nn.Parameter(torch.randn(width))
         self.classifier = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(),
                                         nn.Linear(width, num_labels))
@@ -212,6 +213,11 @@ class PersonGraph(nn.Module):
         h[torch.arange(r.shape[0]), a] = self.start
         return h
 
+    @staticmethod
+    def messages(compose: nn.Module, h: Tensor, r: Tensor) -> Tensor:
+        """[B, U, V, D]: compose(h_u, r_uv) for every ordered pair of people."""
+        return compose(torch.cat([h[:, :, None].expand(-1, -1, r.shape[1], -1), r], dim=-1))
+
 
 class EntityRecurrence(PersonGraph):
     """Breadth-first from A: step t writes each person first reached at distance t as the mean over its reached
@@ -239,8 +245,7 @@ class EntityRecurrence(PersonGraph):
             new = edges.any(1)
             if not new.any():
                 break
-            compose = self.compose[0 if self.max_depth is None else depth]
-            messages = compose(torch.cat([h[:, :, None].expand(-1, -1, people, -1), r], dim=-1))
+            messages = self.messages(self.compose[0 if self.max_depth is None else depth], h, r)
             weights = edges.float()[..., None]
             h = torch.where(new[..., None], (messages * weights).sum(1) / weights.sum(1).clamp(min=1), h)
             reached |= new
@@ -263,12 +268,12 @@ class GraphLayers(PersonGraph):
 
     def forward(self, features: Tensor, segment_ids: Tensor, entity_ids: Tensor, a: Tensor, b: Tensor) -> Tensor:
         r, adjacency = self.relations(features, segment_ids, entity_ids)
-        rows, people = torch.arange(r.shape[0]), r.shape[1]
+        rows = torch.arange(r.shape[0])
         h = self.initial_state(r, a)
         h[rows, b] = h[rows, b] + self.b_marker
         weights = adjacency.float()[..., None]
         for compose, norm in zip(self.compose, self.norms):
-            messages = compose(torch.cat([h[:, :, None].expand(-1, -1, people, -1), r], dim=-1))
+            messages = self.messages(compose, h, r)
             h = norm(h + (messages * weights).sum(1) / weights.sum(1).clamp(min=1))
         return self.classifier(h[rows, b])
 

@@ -6,12 +6,15 @@ the same people.
 
 Why: the token-level heads of hybrid mode answer k = 2, 3 from the chain's end facts and never learn to follow a
 chain (docs/results.md, "Embedding layer only"). This screen builds in the structure a chain-following solver needs:
-- the backbone (frozen all-MiniLM-L6-v2, layers [0, -1]) reads each sentence alone, so a token's features hold its
-  own kinship fact and nothing from the rest of the story; a sentence naming at most one person is joined to the one
-  before (pronouns carry facts across the full stop);
+- run-on sentences are split (a full stop before a name that follows a name or a word rarely seen before a name in
+  training), and the backbone (frozen all-MiniLM-L6-v2, layers [0, -1]) reads each sentence alone, so a token's
+  features hold its own kinship fact and nothing from the rest of the story; a sentence naming at most one person,
+  and not opening with a name, is joined to the one before (pronouns carry facts across the full stop);
 - one node per bracketed person; after one sentence-local attention layer, each pair of neighbouring names in a
-  sentence gives a relation vector r_uv = MLP([mention_u; mention_v; words between]) for each direction
-  (`--edges sentence`: every pair of a sentence, with the sentence mean instead of the words between);
+  sentence gives a relation vector r_uv = MLP([mention_u; mention_v; words between]) for each direction, except
+  that a name after "and" or in a joined pronoun sentence is linked to its sentence's first person, the subject
+  (`--edges subject`, the default; `--edges adjacent`: neighbouring names only, no splitting; `--edges sentence`:
+  every pair of a sentence, with the sentence mean instead of the words between);
 - the state of A is a learned vector; step t gives each person first reached at graph distance t the mean over its
   reached neighbours u of compose(h_u, r_uv) (breadth first, so every person is written once, along shortest paths);
 - the classifier reads B's state. The number of steps is the distance from A to B: longer chains take more steps.
@@ -30,7 +33,9 @@ import argparse
 import json
 import math
 import random
+import re
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -76,102 +81,173 @@ def sentence_features(model, input_ids: list[list[int]], segment_ids: list[list[
     return out
 
 
-def join_one_person_sentences(segment_ids: list[int], entity_ids: list[int]) -> list[int]:
+def join_one_person_sentences(segment_ids: list[int], entity_ids: list[int], unless_named_first: bool = False
+                              ) -> list[int]:
     """Segment ids where a sentence naming at most one person is joined to the sentence before it. CLUTRR's
     crowd-written stories carry a fact across a sentence boundary with a pronoun ("[Tim] likes to visit his sister.
     Her name is [Ann]."), which leaves the two people in no common sentence: without joining, 13 % of the training
-    stories and 27 % of the k = 10 ones have no path from A to B."""
+    stories and 27 % of the k = 10 ones have no path from A to B. With `unless_named_first`, a sentence that opens
+    with a name stays alone: it names its own subject ("[Greg] is proud of his daughter."), and joined, the last
+    name before it would become that subject's neighbour."""
     people: dict[int, set[int]] = {}
+    opens_with_name: dict[int, bool] = {}
     for s, e in zip(segment_ids, entity_ids):
         if s >= 0:
             people.setdefault(s, set()).update({e} - {0})
+            opens_with_name.setdefault(s, e > 0)
     joined: dict[int, int] = {}
     for s in sorted(people):
-        joined[s] = joined[s - 1] if len(people[s]) <= 1 and s - 1 in joined else s
+        stays = len(people[s]) > 1 or (unless_named_first and opens_with_name[s]) or s - 1 not in joined
+        joined[s] = s if stays else joined[s - 1]
     return [joined.get(s, -1) for s in segment_ids]
 
 
-def build_examples(dataset, tokenizer, model, label_ids: dict[str, int], join: bool) -> list[tuple]:
-    """(features, segment_ids, entity_ids, A's entity, B's entity, label id) per story."""
+NAME_AFTER_WORD = re.compile(r"(\S+) (?=[\[<{])")
+
+
+def words_before_names(texts: list[str]) -> Counter:
+    """How often each word (lower-cased) comes right before a bracketed name in `texts`."""
+    return Counter(match.group(1).lower() for text in texts for match in NAME_AFTER_WORD.finditer(text))
+
+
+def split_run_on_sentences(text: str, seen: Counter, rare: int = 3) -> str:
+    """Ends a sentence before a name that follows another name, or a word seen before a name fewer than `rare` times
+    in the training stories (`seen`, from `words_before_names`). The long test stories are crowd-written pieces
+    stitched together, often with no full stop between them ("... went to her brother [Charles]'s birthday party
+    [Roger] took his son [Robert] ..."); left as one sentence, the last name of one piece and the subject of the next
+    look like neighbouring names that state a fact."""
+    def cut(match: re.Match) -> str:
+        word = match.group(1)
+        after_a_name = word[-1] in "]>}"
+        rare_word = word[-1].isalpha() and seen[word.lower()] < rare
+        return f"{word}. " if after_a_name or rare_word else match.group(0)
+    return NAME_AFTER_WORD.sub(cut, text)
+
+
+def build_examples(dataset, tokenizer, model, label_ids: dict[str, int], join: bool, unless_named_first: bool
+                   ) -> list[tuple]:
+    """(features, segment_ids, entity_ids, A's entity, B's entity, label id, sentence ids before joining,
+    input_ids) per story."""
     data = tokenize_dataset(dataset, tokenizer, level="sequence", max_length=backbone_max_length(model.config, tokenizer),
                             entity_graph=True)
     marks = tokenizer.convert_tokens_to_ids([MARK_A, MARK_B])
     segments = data["segment_ids"]
     if join:
-        segments = [join_one_person_sentences(seg, ent) for seg, ent in zip(segments, data["entity_ids"])]
+        segments = [join_one_person_sentences(seg, ent, unless_named_first)
+                    for seg, ent in zip(segments, data["entity_ids"])]
     features = sentence_features(model, data["input_ids"], segments, tokenizer.cls_token_id, tokenizer.sep_token_id)
     examples = []
-    for f, ids, seg, ent, label in zip(features, data["input_ids"], segments, data["entity_ids"], data["label"]):
+    for f, ids, seg, sentences, ent, label in zip(features, data["input_ids"], segments, data["segment_ids"],
+                                                  data["entity_ids"], data["label"]):
         ids, ent = torch.tensor(ids), torch.tensor(ent)
         a, b = (int(ent[ids == mark][0]) for mark in marks)
-        examples.append((f, torch.tensor(seg), ent, a, b, label_ids[label]))
+        examples.append((f, torch.tensor(seg), ent, a, b, label_ids[label], torch.tensor(sentences), ids))
     return examples
 
 
 def collate(examples: list[tuple]) -> dict[str, Tensor]:
     n, length = len(examples), max(len(e[1]) for e in examples)
     batch = {"features": torch.zeros(n, length, examples[0][0].shape[1]),
-             "segment_ids": torch.full((n, length), -1), "entity_ids": torch.zeros(n, length, dtype=torch.long)}
-    for row, (f, seg, ent, *_) in enumerate(examples):
+             "segment_ids": torch.full((n, length), -1), "entity_ids": torch.zeros(n, length, dtype=torch.long),
+             "sentence_ids": torch.full((n, length), -1), "input_ids": torch.zeros(n, length, dtype=torch.long)}
+    for row, (f, seg, ent, _, _, _, sentences, ids) in enumerate(examples):
         batch["features"][row, : len(seg)] = f.float()
         batch["segment_ids"][row, : len(seg)] = seg
         batch["entity_ids"][row, : len(seg)] = ent
+        batch["sentence_ids"][row, : len(seg)] = sentences
+        batch["input_ids"][row, : len(seg)] = ids
     for key, column in (("a", 3), ("b", 4), ("labels", 5)):
         batch[key] = torch.tensor([e[column] for e in examples])
     return batch
 
 
-def mention_pairs(segment_ids: Tensor, entity_ids: Tensor) -> list[tuple[int, ...]]:
+def mention_pairs(segment_ids: Tensor, entity_ids: Tensor, sentence_ids: Tensor | None = None,
+                  input_ids: Tensor | None = None, conjunctions: tuple[tuple[int, ...], ...] = ()
+                  ) -> list[tuple[int, ...]]:
     """Consecutive mentions of two different people inside one (joined) sentence, as (row, u, v, u_start, u_end,
-    v_start, v_end) with token spans [start, end). CLUTRR's sentences state one fact between neighbouring names
-    ("[Kecia] took her sister, [Florence], and [Florence]'s daughter, [Beverly]"); a pair further apart is only
-    implied, through the people between, and run-on sentences without a full stop make such pairs common in the long
-    stories (up to 7 people in one sentence at k >= 4, never more than 4 in training)."""
+    v_start, v_end, between_start) with token spans [start, end); r_uv reads the words from between_start to v_start.
+    CLUTRR's sentences state one fact between neighbouring names ("[Kecia] took her sister, [Florence], and
+    [Florence]'s daughter, [Beverly]"); a pair further apart is only implied, through the people between, and run-on
+    sentences without a full stop make such pairs common in the long stories (up to 7 people in one sentence at
+    k >= 4, never more than 4 in training).
+
+    With `sentence_ids` (the sentences before joining) and `input_ids`, the earlier mention gives way to the first
+    person of its own sentence, the subject, in two cases:
+    - the later mention is in a joined pronoun sentence ("[Judy] takes her son [David] to practice. She also takes
+      her son [Larry]": Judy-Larry, not David-Larry); r_uv then reads everything after the subject's mention;
+    - the words between start with one of `conjunctions` ("[Frank] took his son [Charles] and daughter [Beverly]":
+      Frank-Beverly, not Charles-Beverly); r_uv still reads the words after the earlier mention ("and daughter")."""
     pairs = []
-    for row, (seg, ent) in enumerate(zip(segment_ids.tolist(), entity_ids.tolist())):
+    for row in range(segment_ids.shape[0]):
+        seg, ent = segment_ids[row].tolist(), entity_ids[row].tolist()
+        sentence = seg if sentence_ids is None else sentence_ids[row].tolist()
+        ids = [] if input_ids is None else input_ids[row].tolist()
         mentions, t = [], 0
         while t < len(ent):
             if ent[t] > 0 and seg[t] >= 0:
                 first = t
                 while t < len(ent) and (ent[t], seg[t]) == (ent[first], seg[first]):
                     t += 1
-                mentions.append((seg[first], ent[first], first, t))
+                mentions.append((seg[first], sentence[first], ent[first], first, t))
             else:
                 t += 1
-        pairs += [(row, e1, e2, s1, t1, s2, t2) for (g1, e1, s1, t1), (g2, e2, s2, t2) in zip(mentions, mentions[1:])
-                  if g1 == g2 and e1 != e2]
+        subject: dict[int, tuple[int, int, int]] = {}
+        for _, s, *mention in mentions:
+            subject.setdefault(s, tuple(mention))
+        for (g1, s1, e1, a1, b1), (g2, _, e2, a2, b2) in zip(mentions, mentions[1:]):
+            if g1 != g2:
+                continue
+            between = b1
+            after_conjunction = any(tuple(ids[b1: b1 + len(c)]) == c for c in conjunctions)
+            if sentence_ids is not None and (s1 != sentence[a2] or after_conjunction):
+                e1, a1, b1 = subject[s1]
+                between = b1 if s1 != sentence[a2] else between
+            if e1 != e2:
+                pairs.append((row, e1, e2, a1, b1, a2, b2, between))
     return pairs
 
 
 class PersonGraph(nn.Module):
     """Sentence-local encoder -> relation vectors r_uv between people -> a reasoner over the people (subclasses)
     -> classifier on B's state. `edges="adjacent"` links neighbouring names of a sentence and reads r_uv from the
-    two mentions and the words between them; `edges="sentence"` links every pair of people in a sentence and reads
-    r_uv from the two mentions and the sentence mean."""
+    two mentions and the words between them; `edges="subject"` does too, but links a name after a conjunction or in
+    a pronoun sentence to its sentence's subject (`mention_pairs`, with `conjunctions` the token ids of ", and" and
+    "and"); `edges="sentence"` links every pair of people in a sentence and reads r_uv from the two mentions and the
+    sentence mean."""
 
-    def __init__(self, in_features: int, width: int, num_labels: int, edges: str):
+    def __init__(self, in_features: int, width: int, num_labels: int, edges: str,
+                 conjunctions: tuple[tuple[int, ...], ...] = ()):
         super().__init__()
-        self.edges = edges
+        if edges == "subject" and not conjunctions:
+            raise ValueError('edges="subject" needs the token ids of its conjunctions')
+        self.edges, self.conjunctions = edges, conjunctions
         self.proj = nn.Linear(in_features, width)
         self.position = nn.Embedding(512, width)
         self.sentence_layer = nn.TransformerEncoderLayer(width, 4, 4 * width, dropout=0.0, batch_first=True,
                                                          norm_first=True)
         self.relation = nn.Sequential(nn.Linear(3 * width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
-        if edges == "adjacent":
+        if edges != "sentence":
             self.direction = nn.Embedding(2, width)  # u named before v, or after
         self.start = nn.Parameter(torch.randn(width))
         self.classifier = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(),
                                         nn.Linear(width, num_labels))
 
-    def relations(self, features: Tensor, segment_ids: Tensor, entity_ids: Tensor) -> tuple[Tensor, Tensor]:
-        """(r [B, E, E, D], adjacency [B, E, E] bool): r_uv summed over the sentences that link u to v."""
+    def relations(self, features: Tensor, segment_ids: Tensor, entity_ids: Tensor, sentence_ids: Tensor | None = None,
+                  input_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(r [B, E, E, D], adjacency [B, E, E] bool): r_uv summed over the sentences that link u to v.
+        `sentence_ids` (before joining) and `input_ids` are read by `edges="subject"` only."""
         length = features.shape[1]
         x = self.proj(features) + self.position(torch.arange(length))[None]
         same_sentence = (segment_ids[:, :, None] == segment_ids[:, None, :]) | torch.eye(length, dtype=torch.bool)
         x = self.sentence_layer(x, src_mask=~same_sentence.repeat_interleave(self.sentence_layer.self_attn.num_heads, 0))
         people = int(entity_ids.max()) + 1
+        if self.edges == "subject":
+            if sentence_ids is None or input_ids is None:
+                raise ValueError('edges="subject" reads sentence_ids and input_ids')
+            return self._pair_relations(x, mention_pairs(segment_ids, entity_ids, sentence_ids, input_ids,
+                                                         self.conjunctions), people)
         if self.edges == "adjacent":
-            return self._adjacent_relations(x, segment_ids, entity_ids, people)
+            return self._pair_relations(x, mention_pairs(segment_ids, entity_ids), people)
         sentences = int(segment_ids.max()) + 1
         in_sentence = F.one_hot(segment_ids.clamp(min=0), sentences).float() * (segment_ids >= 0)[..., None]
         is_person = F.one_hot(entity_ids, people).float()
@@ -187,17 +263,16 @@ class PersonGraph(nn.Module):
         inputs = torch.cat([u_side, v_side, context], dim=-1)
         return (self.relation(inputs) * pair[..., None]).sum(1), pair.any(1)
 
-    def _adjacent_relations(self, x: Tensor, segment_ids: Tensor, entity_ids: Tensor, people: int):
+    def _pair_relations(self, x: Tensor, pairs: list[tuple[int, ...]], people: int):
         batch, length, width = x.shape
-        pairs = mention_pairs(segment_ids, entity_ids)
         r = torch.zeros(batch, people, people, width)
         adjacency = torch.zeros(batch, people, people, dtype=torch.bool)
         if not pairs:
             return r, adjacency
         pool = torch.zeros(3, len(pairs), batch * length)  # rows average u's mention, v's mention, the words between
-        for i, (row, _, _, u_start, u_end, v_start, v_end) in enumerate(pairs):
+        for i, (row, _, _, u_start, u_end, v_start, v_end, between) in enumerate(pairs):
             offset = row * length
-            for j, (lo, hi) in enumerate(((u_start, u_end), (v_start, v_end), (u_end, v_start))):
+            for j, (lo, hi) in enumerate(((u_start, u_end), (v_start, v_end), (between, v_start))):
                 if hi > lo:
                     pool[j, i, offset + lo: offset + hi] = 1 / (hi - lo)
         u_side, v_side, between = (pool[j] @ x.reshape(-1, width) for j in range(3))
@@ -224,15 +299,16 @@ class EntityRecurrence(PersonGraph):
     neighbours u of compose(h_u, r_uv) (see the module docstring)."""
 
     def __init__(self, in_features: int, width: int, num_labels: int, tied: bool, untied_depth: int,
-                 edges: str = "adjacent"):
-        super().__init__(in_features, width, num_labels, edges)
+                 edges: str = "adjacent", conjunctions: tuple[tuple[int, ...], ...] = ()):
+        super().__init__(in_features, width, num_labels, edges, conjunctions)
         self.max_depth = None if tied else untied_depth
         self.compose = nn.ModuleList(
             nn.Sequential(nn.Linear(2 * width, 2 * width), nn.GELU(), nn.Linear(2 * width, width), nn.LayerNorm(width))
             for _ in range(1 if tied else untied_depth))
 
-    def forward(self, features: Tensor, segment_ids: Tensor, entity_ids: Tensor, a: Tensor, b: Tensor) -> Tensor:
-        r, adjacency = self.relations(features, segment_ids, entity_ids)
+    def forward(self, features: Tensor, segment_ids: Tensor, entity_ids: Tensor, a: Tensor, b: Tensor,
+                sentence_ids: Tensor | None = None, input_ids: Tensor | None = None) -> Tensor:
+        r, adjacency = self.relations(features, segment_ids, entity_ids, sentence_ids, input_ids)
         batch, people = adjacency.shape[:2]
         h = self.initial_state(r, a)
         reached = torch.zeros(batch, people, dtype=torch.bool)
@@ -258,16 +334,18 @@ class GraphLayers(PersonGraph):
     update every person at once from the mean of compose_l(h_u, r_uv) over all its neighbours, with a residual and
     a LayerNorm (a graph transformer over the people); B carries a learned marker, A the start vector."""
 
-    def __init__(self, in_features: int, width: int, num_labels: int, layers: int, edges: str = "adjacent"):
-        super().__init__(in_features, width, num_labels, edges)
+    def __init__(self, in_features: int, width: int, num_labels: int, layers: int, edges: str = "adjacent",
+                 conjunctions: tuple[tuple[int, ...], ...] = ()):
+        super().__init__(in_features, width, num_labels, edges, conjunctions)
         self.compose = nn.ModuleList(
             nn.Sequential(nn.Linear(2 * width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
             for _ in range(layers))
         self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(layers))
         self.b_marker = nn.Parameter(torch.randn(width))
 
-    def forward(self, features: Tensor, segment_ids: Tensor, entity_ids: Tensor, a: Tensor, b: Tensor) -> Tensor:
-        r, adjacency = self.relations(features, segment_ids, entity_ids)
+    def forward(self, features: Tensor, segment_ids: Tensor, entity_ids: Tensor, a: Tensor, b: Tensor,
+                sentence_ids: Tensor | None = None, input_ids: Tensor | None = None) -> Tensor:
+        r, adjacency = self.relations(features, segment_ids, entity_ids, sentence_ids, input_ids)
         rows = torch.arange(r.shape[0])
         h = self.initial_state(r, a)
         h[rows, b] = h[rows, b] + self.b_marker
@@ -283,10 +361,11 @@ def train_and_evaluate(train: list, tests: dict[str, list], num_labels: int, var
     torch.manual_seed(seed)
     rng = random.Random(seed)
     if variant == "graph":
-        model = GraphLayers(train[0][0].shape[1], args.width, num_labels, args.graph_layers, args.edges)
+        model = GraphLayers(train[0][0].shape[1], args.width, num_labels, args.graph_layers, args.edges,
+                            args.conjunctions)
     else:
         model = EntityRecurrence(train[0][0].shape[1], args.width, num_labels, tied=variant == "recursive",
-                                 untied_depth=args.untied_depth, edges=args.edges)
+                                 untied_depth=args.untied_depth, edges=args.edges, conjunctions=args.conjunctions)
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
     warmup = 100
@@ -345,8 +424,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--untied-depth", type=int, default=3, help="steps of the untied variant (train k <= 3)")
     parser.add_argument("--graph-layers", type=int, default=4, help="layers of the graph variant")
-    parser.add_argument("--edges", default="adjacent", choices=["adjacent", "sentence"],
-                        help="link neighbouring names of a sentence, or every pair (see PersonGraph)")
+    parser.add_argument("--edges", default="subject", choices=["subject", "adjacent", "sentence"],
+                        help="neighbouring names of a sentence with names after a conjunction or in a pronoun sentence "
+                             "linked to the subject, and run-on sentences split; neighbouring names only; or every "
+                             "pair of a sentence (see PersonGraph and split_run_on_sentences)")
     parser.add_argument("--no-join-sentences", dest="join_sentences", action="store_false",
                         help="keep every sentence apart (see join_one_person_sentences)")
     parser.add_argument("--out", type=Path, required=True)
@@ -363,9 +444,21 @@ def main(argv: list[str] | None = None) -> None:
     unseen = {n for s in test_sets.values() for n in s["label"]} - set(label_ids)
     if unseen:
         raise UserError(f"held-out labels {sorted(unseen)} never occur in training")
+    subject = args.edges == "subject"
+    args.conjunctions = tuple(tuple(tokenizer.convert_tokens_to_ids(words)) for words in (["and"], [",", "and"]))
+    if subject:
+        seen = words_before_names(train_set["text"])
+        split = {name: s.map(lambda row: {"text": split_run_on_sentences(row["text"], seen)})
+                 for name, s in {"train": train_set, **test_sets}.items()}
+        for name, s in split.items():
+            before = train_set if name == "train" else test_sets[name]
+            log.info("%s: split run-on sentences in %d of %d stories", name,
+                     sum(a != b for a, b in zip(s["text"], before["text"])), len(s))
+        train_set, test_sets = split.pop("train"), split
     log.info("building sentence-local features for %d training stories", len(train_set))
-    train = build_examples(train_set, tokenizer, backbone, label_ids, args.join_sentences)
-    tests = {name: build_examples(s, tokenizer, backbone, label_ids, args.join_sentences) for name, s in test_sets.items()}
+    train = build_examples(train_set, tokenizer, backbone, label_ids, args.join_sentences, subject)
+    tests = {name: build_examples(s, tokenizer, backbone, label_ids, args.join_sentences, subject)
+             for name, s in test_sets.items()}
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for variant in args.variants:

@@ -1,5 +1,6 @@
-"""bench/clutrr_entity_recurrence.py: pronoun sentences joined to the sentence before; edges between neighbouring
-names only; the entity recurrence carries A's state down the chain one person per step, never reads people off the
+"""bench/clutrr_entity_recurrence.py: run-on sentences split; pronoun sentences joined to the sentence before; edges
+between neighbouring names only, or to the sentence's subject after a conjunction or across a pronoun sentence; the
+entity recurrence carries A's state down the chain one person per step, never reads people off the
 A-B paths, and its untied variant stops at its depth; the graph comparator reaches as far as its layers."""
 
 import importlib.util
@@ -22,18 +23,61 @@ def test_a_sentence_naming_one_person_joins_the_sentence_before():
     assert joined == [-1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, -1]
     # The first sentence has nothing before it: it stays alone even with one person.
     assert screen.join_one_person_sentences([0, 1, 1], [1, 2, 3]) == [0, 1, 1]
+    # A sentence that opens with a name names its own subject: with unless_named_first it stays alone
+    # ("[Bo] met [Cy] ." "[Greg] is proud ." "Her name is [Di] .").
+    segments = [0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
+    entities = [1, 0, 2, 0, 3, 0, 0, 0, 0, 4, 0]
+    assert screen.join_one_person_sentences(segments, entities) == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert screen.join_one_person_sentences(segments, entities, unless_named_first=True) == [0, 0, 0, 0, 1, 1, 1,
+                                                                                              1, 1, 1, 1]
 
+
+def test_run_on_sentences_are_split_before_a_name_after_a_rare_word_or_a_name():
+    seen = screen.words_before_names(["[Ann] took her son [Bo] home.", "[Cy] and her son [Di] ran.",
+                                      "[Ed]'s son [Fay] and [Gus] sang.", "[Al] met her son [Ida]."])
+    assert seen["son"] == 4 and seen["and"] == 1
+    text = "Story: [Kim] took her son [Al] to her party [Bo] met [Cy] [Di] ran."
+    assert screen.split_run_on_sentences(text, seen) == ("Story: [Kim] took her son [Al] to her party. [Bo] met. [Cy]. "
+                                                        "[Di] ran.")
+    assert screen.split_run_on_sentences(text, seen, rare=0) == text.replace("[Cy] [Di]", "[Cy]. [Di]")
 
 def test_edges_link_neighbouring_names_of_one_sentence_only():
     # "[Kim] took her sister [Flo] and [Flo]'s son [Al] ." "[Bo] met [Cy] ." with token spans in brackets
     segments = torch.tensor([[-1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1]])
     entities = torch.tensor([[0, 1, 1, 0, 0, 2, 0, 2, 0, 3, 0, 4, 0, 5, 0]])
-    assert screen.mention_pairs(segments, entities) == [(0, 1, 2, 1, 3, 5, 6), (0, 2, 3, 7, 8, 9, 10),
-                                                        (0, 4, 5, 11, 12, 13, 14)]
+    assert screen.mention_pairs(segments, entities) == [(0, 1, 2, 1, 3, 5, 6, 3), (0, 2, 3, 7, 8, 9, 10, 8),
+                                                        (0, 4, 5, 11, 12, 13, 14, 12)]
     model = screen.EntityRecurrence(4, 8, 3, tied=True, untied_depth=3)
     _, adjacency = model.relations(torch.randn(1, 15, 4), segments, entities)
     linked = {(u, v) for u, v in adjacency[0].nonzero().tolist()}
     assert linked == {(1, 2), (2, 1), (2, 3), (3, 2), (4, 5), (5, 4)}  # Kim-Al only through Flo; Cy-Al never
+
+
+AND, COMMA = 50, 51
+
+
+def test_subject_edges_link_a_name_after_a_conjunction_or_in_a_pronoun_sentence_to_the_subject():
+    # "[Frank] took son [Charles] and daughter [Beverly] ." + "She likes [Di] ." joined to it (one person, no name
+    # first); row 2: "[Kim] met [Al] , and [Bo] ."
+    sentences = torch.tensor([[-1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, -1], [-1, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1]])
+    segments = torch.tensor([[-1] + [0] * 12 + [-1], [-1, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1]])
+    entities = torch.tensor([[0, 1, 0, 0, 2, 0, 0, 3, 0, 0, 0, 4, 0, 0], [0, 1, 0, 2, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0]])
+    input_ids = torch.tensor([[1, 10, 11, 12, 13, AND, 14, 15, 16, 17, 18, 19, 16, 2],
+                              [1, 10, 11, 12, COMMA, AND, 13, 16, 2, 0, 0, 0, 0, 0]])
+    conjunctions = ((AND,), (COMMA, AND))
+    # (row, u, v, u span, v span, first word r_uv reads)
+    assert screen.mention_pairs(segments, entities, sentences, input_ids, conjunctions) == [
+        (0, 1, 2, 1, 2, 4, 5, 2),  # Frank-Charles, as neighbours
+        (0, 1, 3, 1, 2, 7, 8, 5),  # Frank-Beverly after "and", reading "and daughter"
+        (0, 1, 4, 1, 2, 11, 12, 2),  # Frank-Di across the pronoun sentence, reading all after Frank
+        (1, 1, 2, 1, 2, 3, 4, 2), (1, 1, 3, 1, 2, 6, 7, 4)]  # Kim-Al, and Kim-Bo after ", and"
+    # Neighbouring names only: Charles-Beverly and Beverly-Di.
+    assert [p[1:3] for p in screen.mention_pairs(segments, entities)] == [(1, 2), (2, 3), (3, 4), (1, 2), (2, 3)]
+    model = screen.EntityRecurrence(4, 8, 3, tied=True, untied_depth=3, edges="subject", conjunctions=conjunctions)
+    _, adjacency = model.relations(torch.randn(2, 14, 4), segments, entities, sentences, input_ids)
+    assert {(u, v) for u, v in adjacency[0].nonzero().tolist() if u < v} == {(1, 2), (1, 3), (1, 4)}
+    with pytest.raises(ValueError, match="sentence_ids"):
+        model.relations(torch.randn(2, 14, 4), segments, entities)
 
 
 def _chain_batch(width: int = 12):
@@ -47,17 +91,18 @@ def _chain_batch(width: int = 12):
 
 def _changed(model, features, segments, entities, b: int, sentence: int) -> bool:
     a = torch.tensor([1])
-    before = model(features, segments, entities, a, torch.tensor([b]))
+    words = torch.arange(segments.shape[1])[None] + 100  # no conjunctions
+    before = model(features, segments, entities, a, torch.tensor([b]), segments, words)
     moved = features.clone()
     moved[0, 3 * sentence: 3 * sentence + 3] += 1.0
-    return not torch.allclose(before, model(moved, segments, entities, a, torch.tensor([b])))
+    return not torch.allclose(before, model(moved, segments, entities, a, torch.tensor([b]), segments, words))
 
 
-@pytest.mark.parametrize("edges", ["adjacent", "sentence"])
+@pytest.mark.parametrize("edges", ["subject", "adjacent", "sentence"])
 def test_the_recursive_head_reads_the_whole_chain_and_nothing_off_it(edges):
     features, segments, entities = _chain_batch()
     model = screen.EntityRecurrence(features.shape[-1], 16, 5, tied=True, untied_depth=3,
-                                    edges=edges).eval()
+                                    edges=edges, conjunctions=((AND,),)).eval()
     with torch.no_grad():
         assert _changed(model, features, segments, entities, b=5, sentence=0)  # A's own fact, four steps away
         assert _changed(model, features, segments, entities, b=5, sentence=3)

@@ -1,0 +1,98 @@
+"""CLUTRR analysis: how well the person graph of bench/clutrr_entity_recurrence.py matches the generator's facts.
+
+    python bench/clutrr_edge_quality.py [--data DIR] [--edges subject adjacent sentence]
+
+For each `--edges` mode, builds the same text, sentences and person pairs as the screen (no backbone pass: the
+tokenizer alone) and compares the pairs, as unordered pairs of people, with the generator's `story_edges`. It prints
+precision and recall per file and k, and the share of stories whose pairs equal the facts exactly.
+
+This script reads the ground-truth columns `story_edges` and `genders` (which name each edge's ends), which no model
+ever reads: it is an analysis, not an input. The generator lists one chain of facts per story, while the
+crowd-written text often states more ("her parents, [Dale] and [Morgan]" also says that Morgan is Danielle's mother),
+so a stated but unlisted fact counts as a false positive: precision is a lower bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+import torch
+from transformers import AutoTokenizer
+
+from hybrid.data.clutrr import clutrr_text, default_data_dir
+from hybrid.data.text_tasks import ENTITY, entity_graph_ids
+from hybrid.models.backbones import resolve_backbone_path
+from hybrid.utils import UserError, run_main
+
+_spec = importlib.util.spec_from_file_location("clutrr_entity_recurrence",
+                                               Path(__file__).with_name("clutrr_entity_recurrence.py"))
+screen = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(screen)
+
+
+def story_pairs(text: str, tokenizer, edges: str, seen, conjunctions) -> set[frozenset[str]]:
+    """The unordered pairs of names the screen links in one story, for one `edges` mode."""
+    subject = edges == "subject"
+    if subject:
+        text = screen.split_run_on_sentences(text, seen)
+    encoding = tokenizer(text, return_offsets_mapping=True)
+    sentences, entities = entity_graph_ids(text, encoding["offset_mapping"])
+    segments = screen.join_one_person_sentences(sentences, entities, unless_named_first=subject)
+    names = list(dict.fromkeys(next(g for g in m.groups() if g is not None).strip() for m in ENTITY.finditer(text)))
+    row = (torch.tensor([segments]), torch.tensor([entities]))
+    if edges == "sentence":
+        linked = {frozenset(e for s, e in zip(segments, entities) if s == sentence and e > 0) for sentence in set(segments)}
+        pairs = {frozenset((u, v)) for group in linked for u in group for v in group if u != v}
+    else:
+        extra = (torch.tensor([sentences]), torch.tensor([encoding["input_ids"]]), conjunctions) if subject else ()
+        pairs = {frozenset(p[1:3]) for p in screen.mention_pairs(*row, *extra)}
+    return {frozenset(names[e - 1] for e in pair) for pair in pairs}
+
+
+def facts(row) -> set[frozenset[str]]:
+    names = [person.split(":")[0] for person in row["genders"].split(",")]
+    return {frozenset((names[u], names[v])) for u, v in ast.literal_eval(row["story_edges"])}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=None, help="CLUTRR folder (default $HYBRID_DATA_DIR/clutrr)")
+    parser.add_argument("--edges", nargs="+", default=["subject", "adjacent", "sentence"],
+                        choices=["subject", "adjacent", "sentence"])
+    args = parser.parse_args(argv)
+    folder = args.data or default_data_dir()
+    files = [folder / name for name in ("train.csv", "test.csv", "test_noise.csv") if (folder / name).exists()]
+    if not files or files[0].name != "train.csv":
+        raise UserError(f"{folder}: no train.csv (this analysis needs the local CSV files with story_edges)")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone_path(screen.BACKBONE))
+    frames = {}
+    for path in files:
+        frame = pd.read_csv(path)
+        missing = {"story", "query", "task_name", "story_edges", "genders"} - set(frame.columns)
+        if missing:
+            raise UserError(f"{path}: no column(s) {sorted(missing)}")
+        frame["text"] = [clutrr_text(s, q, question="none", mark_query=True) for s, q in zip(frame["story"], frame["query"])]
+        frame["group"] = frame.task_name.str.replace("task_", "")
+        frames[path.name] = frame
+    seen = screen.words_before_names(list(frames["train.csv"].text))
+    conjunctions = tuple(tuple(tokenizer.convert_tokens_to_ids(words)) for words in (["and"], [",", "and"]))
+    print("| edges | file | group (noise.k) | stories | precision | recall | stories with exactly the facts |")
+    print("|---|---|---|---|---|---|---|")
+    for edges in args.edges:
+        for name, frame in frames.items():
+            for group, rows in frame.groupby("group"):
+                found = [story_pairs(text, tokenizer, edges, seen, conjunctions) for text in rows.text]
+                true = [facts(row) for _, row in rows.iterrows()]
+                hits = sum(len(f & t) for f, t in zip(found, true))
+                precision = hits / max(1, sum(len(f) for f in found))
+                recall = hits / max(1, sum(len(t) for t in true))
+                exact = sum(f == t for f, t in zip(found, true)) / len(rows)
+                print(f"| {edges} | {name} | {group} | {len(rows)} | {precision:.3f} | {recall:.3f} | {100 * exact:.0f} % |")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -4,7 +4,8 @@
 
 For each `--edges` mode, builds the same text, sentences and person pairs as the screen (no backbone pass: the
 tokenizer alone) and compares the pairs, as unordered pairs of people, with the generator's `story_edges`. It prints
-precision and recall per file and k, and the share of stories whose pairs equal the facts exactly.
+precision and recall per file, noise type and k, the share of stories whose pairs equal the facts exactly, and the
+share where A and B are connected at all.
 
 This script reads the ground-truth columns `story_edges` and `genders` (which name each edge's ends), which no model
 ever reads: it is an analysis, not an input. The generator lists one chain of facts per story, while the
@@ -41,7 +42,7 @@ def story_pairs(text: str, tokenizer, edges: str, seen, conjunctions) -> set[fro
         text = screen.split_run_on_sentences(text, seen)
     encoding = tokenizer(text, return_offsets_mapping=True)
     sentences, entities = entity_graph_ids(text, encoding["offset_mapping"])
-    segments = screen.join_one_person_sentences(sentences, entities, unless_named_first=subject)
+    segments = screen.join_one_person_sentences(sentences, entities)
     names = list(dict.fromkeys(next(g for g in m.groups() if g is not None).strip() for m in ENTITY.finditer(text)))
     row = (torch.tensor([segments]), torch.tensor([entities]))
     if edges == "sentence":
@@ -51,6 +52,14 @@ def story_pairs(text: str, tokenizer, edges: str, seen, conjunctions) -> set[fro
         extra = (torch.tensor([sentences]), torch.tensor([encoding["input_ids"]]), conjunctions) if subject else ()
         pairs = {frozenset(p[1:3]) for p in screen.mention_pairs(*row, *extra)}
     return {frozenset(names[e - 1] for e in pair) for pair in pairs}
+
+
+def connected(pairs: set[frozenset[str]], a: str, b: str) -> bool:
+    reached, frontier = {a}, {a}
+    while frontier:
+        frontier = {v for pair in pairs if pair & frontier for v in pair} - reached
+        reached |= frontier
+    return b in reached
 
 
 def facts(row) -> set[frozenset[str]]:
@@ -76,12 +85,12 @@ def main(argv: list[str] | None = None) -> None:
         if missing:
             raise UserError(f"{path}: no column(s) {sorted(missing)}")
         frame["text"] = [clutrr_text(s, q, question="none", mark_query=True) for s, q in zip(frame["story"], frame["query"])]
-        frame["group"] = frame.task_name.str.replace("task_", "")
+        frame["group"] = [tuple(int(x) for x in name.replace("task_", "").split(".")) for name in frame.task_name]
         frames[path.name] = frame
     seen = screen.words_before_names(list(frames["train.csv"].text))
     conjunctions = tuple(tuple(tokenizer.convert_tokens_to_ids(words)) for words in (["and"], [",", "and"]))
-    print("| edges | file | group (noise.k) | stories | precision | recall | stories with exactly the facts |")
-    print("|---|---|---|---|---|---|---|")
+    print("| edges | file | noise | k | stories | precision | recall | stories with exactly the facts | A-B connected |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for edges in args.edges:
         for name, frame in frames.items():
             for group, rows in frame.groupby("group"):
@@ -91,7 +100,9 @@ def main(argv: list[str] | None = None) -> None:
                 precision = hits / max(1, sum(len(f) for f in found))
                 recall = hits / max(1, sum(len(t) for t in true))
                 exact = sum(f == t for f, t in zip(found, true)) / len(rows)
-                print(f"| {edges} | {name} | {group} | {len(rows)} | {precision:.3f} | {recall:.3f} | {100 * exact:.0f} % |")
+                linked = sum(connected(f, *ast.literal_eval(q)) for f, q in zip(found, rows["query"])) / len(rows)
+                print(f"| {edges} | {name} | {group[0]} | {group[1]} | {len(rows)} | {precision:.3f} | {recall:.3f} "
+                      f"| {100 * exact:.0f} % | {100 * linked:.1f} % |")
 
 
 if __name__ == "__main__":

@@ -8,11 +8,11 @@ Why: the token-level heads of hybrid mode answer k = 2, 3 from the chain's end f
 chain (docs/results.md, "Embedding layer only"). This screen builds in the structure a chain-following solver needs:
 - run-on sentences are split (a full stop before a name that follows a name or a word rarely seen before a name in
   training), and the backbone (frozen all-MiniLM-L6-v2, layers [0, -1]) reads each sentence alone, so a token's
-  features hold its own kinship fact and nothing from the rest of the story; a sentence naming at most one person,
-  and not opening with a name, is joined to the one before (pronouns carry facts across the full stop);
+  features hold its own kinship fact and nothing from the rest of the story; a sentence naming at most one person
+  is joined to the one before (pronouns carry facts across the full stop);
 - one node per bracketed person; after one sentence-local attention layer, each pair of neighbouring names in a
   sentence gives a relation vector r_uv = MLP([mention_u; mention_v; words between]) for each direction, except
-  that a name after "and" or in a joined pronoun sentence is linked to its sentence's first person, the subject
+  that a name after "and" or in a joined one-person sentence is linked to its sentence's first person, the subject
   (`--edges subject`, the default; `--edges adjacent`: neighbouring names only, no splitting; `--edges sentence`:
   every pair of a sentence, with the sentence mean instead of the words between);
 - the state of A is a learned vector; step t gives each person first reached at graph distance t the mean over its
@@ -81,24 +81,18 @@ def sentence_features(model, input_ids: list[list[int]], segment_ids: list[list[
     return out
 
 
-def join_one_person_sentences(segment_ids: list[int], entity_ids: list[int], unless_named_first: bool = False
-                              ) -> list[int]:
+def join_one_person_sentences(segment_ids: list[int], entity_ids: list[int]) -> list[int]:
     """Segment ids where a sentence naming at most one person is joined to the sentence before it. CLUTRR's
     crowd-written stories carry a fact across a sentence boundary with a pronoun ("[Tim] likes to visit his sister.
     Her name is [Ann]."), which leaves the two people in no common sentence: without joining, 13 % of the training
-    stories and 27 % of the k = 10 ones have no path from A to B. With `unless_named_first`, a sentence that opens
-    with a name stays alone: it names its own subject ("[Greg] is proud of his daughter."), and joined, the last
-    name before it would become that subject's neighbour."""
+    stories and 27 % of the k = 10 ones have no path from A to B."""
     people: dict[int, set[int]] = {}
-    opens_with_name: dict[int, bool] = {}
     for s, e in zip(segment_ids, entity_ids):
         if s >= 0:
             people.setdefault(s, set()).update({e} - {0})
-            opens_with_name.setdefault(s, e > 0)
     joined: dict[int, int] = {}
     for s in sorted(people):
-        stays = len(people[s]) > 1 or (unless_named_first and opens_with_name[s]) or s - 1 not in joined
-        joined[s] = s if stays else joined[s - 1]
+        joined[s] = joined[s - 1] if len(people[s]) <= 1 and s - 1 in joined else s
     return [joined.get(s, -1) for s in segment_ids]
 
 
@@ -124,8 +118,7 @@ def split_run_on_sentences(text: str, seen: Counter, rare: int = 3) -> str:
     return NAME_AFTER_WORD.sub(cut, text)
 
 
-def build_examples(dataset, tokenizer, model, label_ids: dict[str, int], join: bool, unless_named_first: bool
-                   ) -> list[tuple]:
+def build_examples(dataset, tokenizer, model, label_ids: dict[str, int], join: bool) -> list[tuple]:
     """(features, segment_ids, entity_ids, A's entity, B's entity, label id, sentence ids before joining,
     input_ids) per story."""
     data = tokenize_dataset(dataset, tokenizer, level="sequence", max_length=backbone_max_length(model.config, tokenizer),
@@ -133,8 +126,7 @@ def build_examples(dataset, tokenizer, model, label_ids: dict[str, int], join: b
     marks = tokenizer.convert_tokens_to_ids([MARK_A, MARK_B])
     segments = data["segment_ids"]
     if join:
-        segments = [join_one_person_sentences(seg, ent, unless_named_first)
-                    for seg, ent in zip(segments, data["entity_ids"])]
+        segments = [join_one_person_sentences(seg, ent) for seg, ent in zip(segments, data["entity_ids"])]
     features = sentence_features(model, data["input_ids"], segments, tokenizer.cls_token_id, tokenizer.sep_token_id)
     examples = []
     for f, ids, seg, sentences, ent, label in zip(features, data["input_ids"], segments, data["segment_ids"],
@@ -173,8 +165,8 @@ def mention_pairs(segment_ids: Tensor, entity_ids: Tensor, sentence_ids: Tensor 
 
     With `sentence_ids` (the sentences before joining) and `input_ids`, the earlier mention gives way to the first
     person of its own sentence, the subject, in two cases:
-    - the later mention is in a joined pronoun sentence ("[Judy] takes her son [David] to practice. She also takes
-      her son [Larry]": Judy-Larry, not David-Larry); r_uv then reads everything after the subject's mention;
+    - the later mention is in a joined one-person sentence ("[Judy] takes her son [David] to practice. She also
+      takes her son [Larry]": Judy-Larry, not David-Larry); r_uv then reads everything after the subject's mention;
     - the words between start with one of `conjunctions` ("[Frank] took his son [Charles] and daughter [Beverly]":
       Frank-Beverly, not Charles-Beverly); r_uv still reads the words after the earlier mention ("and daughter")."""
     pairs = []
@@ -210,10 +202,10 @@ def mention_pairs(segment_ids: Tensor, entity_ids: Tensor, sentence_ids: Tensor 
 class PersonGraph(nn.Module):
     """Sentence-local encoder -> relation vectors r_uv between people -> a reasoner over the people (subclasses)
     -> classifier on B's state. `edges="adjacent"` links neighbouring names of a sentence and reads r_uv from the
-    two mentions and the words between them; `edges="subject"` does too, but links a name after a conjunction or in
-    a pronoun sentence to its sentence's subject (`mention_pairs`, with `conjunctions` the token ids of ", and" and
-    "and"); `edges="sentence"` links every pair of people in a sentence and reads r_uv from the two mentions and the
-    sentence mean."""
+    two mentions and the words between them; `edges="subject"` does too, but links a name after a conjunction or
+    in a joined one-person sentence to its sentence's subject (`mention_pairs`; `conjunctions` are the token ids of
+    "and" and ", and"); `edges="sentence"` links every pair of people in a sentence and reads r_uv from the two
+    mentions and the sentence mean."""
 
     def __init__(self, in_features: int, width: int, num_labels: int, edges: str,
                  conjunctions: tuple[tuple[int, ...], ...] = ()):
@@ -425,9 +417,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--untied-depth", type=int, default=3, help="steps of the untied variant (train k <= 3)")
     parser.add_argument("--graph-layers", type=int, default=4, help="layers of the graph variant")
     parser.add_argument("--edges", default="subject", choices=["subject", "adjacent", "sentence"],
-                        help="neighbouring names of a sentence with names after a conjunction or in a pronoun sentence "
-                             "linked to the subject, and run-on sentences split; neighbouring names only; or every "
-                             "pair of a sentence (see PersonGraph and split_run_on_sentences)")
+                        help="subject: neighbouring names of a sentence, a name after a conjunction or in a joined "
+                             "one-person sentence linked to the subject, run-on sentences split; adjacent: neighbouring "
+                             "names only; sentence: every pair of a sentence (see PersonGraph, split_run_on_sentences)")
     parser.add_argument("--no-join-sentences", dest="join_sentences", action="store_false",
                         help="keep every sentence apart (see join_one_person_sentences)")
     parser.add_argument("--out", type=Path, required=True)
@@ -444,9 +436,8 @@ def main(argv: list[str] | None = None) -> None:
     unseen = {n for s in test_sets.values() for n in s["label"]} - set(label_ids)
     if unseen:
         raise UserError(f"held-out labels {sorted(unseen)} never occur in training")
-    subject = args.edges == "subject"
     args.conjunctions = tuple(tuple(tokenizer.convert_tokens_to_ids(words)) for words in (["and"], [",", "and"]))
-    if subject:
+    if args.edges == "subject":
         seen = words_before_names(train_set["text"])
         split = {name: s.map(lambda row: {"text": split_run_on_sentences(row["text"], seen)})
                  for name, s in {"train": train_set, **test_sets}.items()}
@@ -456,9 +447,8 @@ def main(argv: list[str] | None = None) -> None:
                      sum(a != b for a, b in zip(s["text"], before["text"])), len(s))
         train_set, test_sets = split.pop("train"), split
     log.info("building sentence-local features for %d training stories", len(train_set))
-    train = build_examples(train_set, tokenizer, backbone, label_ids, args.join_sentences, subject)
-    tests = {name: build_examples(s, tokenizer, backbone, label_ids, args.join_sentences, subject)
-             for name, s in test_sets.items()}
+    train = build_examples(train_set, tokenizer, backbone, label_ids, args.join_sentences)
+    tests = {name: build_examples(s, tokenizer, backbone, label_ids, args.join_sentences) for name, s in test_sets.items()}
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for variant in args.variants:

@@ -1,5 +1,5 @@
 """bench/clutrr_edge_quality.py: the person pairs it scores are the entity-recurrence screen's, per edge mode, and the
-generator's facts are read as unordered pairs of names."""
+generator's facts are read as unordered pairs of names, and A-B connectivity follows the pairs."""
 
 import importlib.util
 from collections import Counter
@@ -37,3 +37,5 @@ def test_story_pairs_follow_each_edge_mode(tokenizer):
 def test_facts_are_the_generator_edges_between_named_people():
     row = pd.Series({"genders": "Ann:female,Bo:male,Cy:male", "story_edges": "[(0, 1), (1, 2)]"})
     assert quality.facts(row) == {frozenset(("Ann", "Bo")), frozenset(("Bo", "Cy"))}
+    assert quality.connected(quality.facts(row), "Ann", "Cy")
+    assert not quality.connected({frozenset(("Ann", "Bo")), frozenset(("Cy", "Di"))}, "Ann", "Di")

@@ -23,13 +23,6 @@ def test_a_sentence_naming_one_person_joins_the_sentence_before():
     assert joined == [-1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, -1]
     # The first sentence has nothing before it: it stays alone even with one person.
     assert screen.join_one_person_sentences([0, 1, 1], [1, 2, 3]) == [0, 1, 1]
-    # A sentence that opens with a name names its own subject: with unless_named_first it stays alone
-    # ("[Bo] met [Cy] ." "[Greg] is proud ." "Her name is [Di] .").
-    segments = [0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
-    entities = [1, 0, 2, 0, 3, 0, 0, 0, 0, 4, 0]
-    assert screen.join_one_person_sentences(segments, entities) == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-    assert screen.join_one_person_sentences(segments, entities, unless_named_first=True) == [0, 0, 0, 0, 1, 1, 1,
-                                                                                              1, 1, 1, 1]
 
 
 def test_run_on_sentences_are_split_before_a_name_after_a_rare_word_or_a_name():
@@ -57,10 +50,10 @@ AND, COMMA = 50, 51
 
 
 def test_subject_edges_link_a_name_after_a_conjunction_or_in_a_pronoun_sentence_to_the_subject():
-    # "[Frank] took son [Charles] and daughter [Beverly] ." + "She likes [Di] ." joined to it (one person, no name
-    # first); row 2: "[Kim] met [Al] , and [Bo] ."
-    sentences = torch.tensor([[-1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, -1], [-1, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1]])
-    segments = torch.tensor([[-1] + [0] * 12 + [-1], [-1, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1]])
+    # "[Frank] took son [Charles] and daughter [Beverly] ." + "She likes [Di] ." joined to it (one person); row 2: "[Kim] met [Al] , and [Bo] ."
+    second_row = [-1, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1]
+    sentences = torch.tensor([[-1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, -1], second_row])
+    segments = torch.tensor([[-1] + [0] * 12 + [-1], second_row])
     entities = torch.tensor([[0, 1, 0, 0, 2, 0, 0, 3, 0, 0, 0, 4, 0, 0], [0, 1, 0, 2, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0]])
     input_ids = torch.tensor([[1, 10, 11, 12, 13, AND, 14, 15, 16, 17, 18, 19, 16, 2],
                               [1, 10, 11, 12, COMMA, AND, 13, 16, 2, 0, 0, 0, 0, 0]])

@@ -35,7 +35,7 @@ screen = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(screen)
 
 
-def story_pairs(text: str, tokenizer, edges: str, seen, conjunctions) -> set[frozenset[str]]:
+def story_pairs(text: str, tokenizer, edges: str, seen, link_words) -> set[frozenset[str]]:
     """The unordered pairs of names the screen links in one story, for one `edges` mode."""
     subject = edges == "subject"
     if subject:
@@ -49,7 +49,7 @@ def story_pairs(text: str, tokenizer, edges: str, seen, conjunctions) -> set[fro
         linked = {frozenset(e for s, e in zip(segments, entities) if s == sentence and e > 0) for sentence in set(segments)}
         pairs = {frozenset((u, v)) for group in linked for u in group for v in group if u != v}
     else:
-        extra = (torch.tensor([sentences]), torch.tensor([encoding["input_ids"]]), conjunctions) if subject else ()
+        extra = (torch.tensor([sentences]), torch.tensor([encoding["input_ids"]]), *link_words) if subject else ()
         pairs = {frozenset(p[1:3]) for p in screen.mention_pairs(*row, *extra)}
     return {frozenset(names[e - 1] for e in pair) for pair in pairs}
 
@@ -88,13 +88,13 @@ def main(argv: list[str] | None = None) -> None:
         frame["group"] = [tuple(int(x) for x in name.replace("task_", "").split(".")) for name in frame.task_name]
         frames[path.name] = frame
     seen = screen.words_before_names(list(frames["train.csv"].text))
-    conjunctions = tuple(tuple(tokenizer.convert_tokens_to_ids(words)) for words in (["and"], [",", "and"]))
+    link_words = screen.link_words(tokenizer)
     print("| edges | file | noise | k | stories | precision | recall | stories with exactly the facts | A-B connected |")
     print("|---|---|---|---|---|---|---|---|---|")
     for edges in args.edges:
         for name, frame in frames.items():
             for group, rows in frame.groupby("group"):
-                found = [story_pairs(text, tokenizer, edges, seen, conjunctions) for text in rows.text]
+                found = [story_pairs(text, tokenizer, edges, seen, link_words) for text in rows.text]
                 true = [facts(row) for _, row in rows.iterrows()]
                 hits = sum(len(f & t) for f, t in zip(found, true))
                 precision = hits / max(1, sum(len(f) for f in found))

@@ -12,9 +12,9 @@ chain (docs/results.md, "Embedding layer only"). This screen builds in the struc
   is joined to the one before (pronouns carry facts across the full stop);
 - one node per bracketed person; after one sentence-local attention layer, each pair of neighbouring names in a
   sentence gives a relation vector r_uv = MLP([mention_u; mention_v; words between]) for each direction, except
-  that a name after "and" or in a joined one-person sentence is linked to its sentence's first person, the subject
-  (`--edges subject`, the default; `--edges adjacent`: neighbouring names only, no splitting; `--edges sentence`:
-  every pair of a sentence, with the sentence mean instead of the words between);
+  that a name after "and", after the subject's own "his"/"her", or in a joined one-person sentence is linked to its
+  sentence's first person, the subject (`--edges subject`, the default; `--edges adjacent`: neighbouring names only,
+  no splitting; `--edges sentence`: every pair of a sentence, with the sentence mean instead of the words between);
 - the state of A is a learned vector; step t gives each person first reached at graph distance t the mean over its
   reached neighbours u of compose(h_u, r_uv) (breadth first, so every person is written once, along shortest paths);
 - the classifier reads B's state. The number of steps is the distance from A to B: longer chains take more steps.
@@ -153,9 +153,15 @@ def collate(examples: list[tuple]) -> dict[str, Tensor]:
     return batch
 
 
+def link_words(tokenizer) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]:
+    """Token ids of the conjunctions ("and", ", and") and possessives ("his", "her") that `mention_pairs` reads."""
+    conjunctions = tuple(tuple(tokenizer.convert_tokens_to_ids(words)) for words in (["and"], [",", "and"]))
+    return conjunctions, tuple(tokenizer.convert_tokens_to_ids(["his", "her"]))
+
+
 def mention_pairs(segment_ids: Tensor, entity_ids: Tensor, sentence_ids: Tensor | None = None,
-                  input_ids: Tensor | None = None, conjunctions: tuple[tuple[int, ...], ...] = ()
-                  ) -> list[tuple[int, ...]]:
+                  input_ids: Tensor | None = None, conjunctions: tuple[tuple[int, ...], ...] = (),
+                  possessives: tuple[int, ...] = ()) -> list[tuple[int, ...]]:
     """Consecutive mentions of two different people inside one (joined) sentence, as (row, u, v, u_start, u_end,
     v_start, v_end, between_start) with token spans [start, end); r_uv reads the words from between_start to v_start.
     CLUTRR's sentences state one fact between neighbouring names ("[Kecia] took her sister, [Florence], and
@@ -164,11 +170,14 @@ def mention_pairs(segment_ids: Tensor, entity_ids: Tensor, sentence_ids: Tensor 
     k >= 4, never more than 4 in training).
 
     With `sentence_ids` (the sentences before joining) and `input_ids`, the earlier mention gives way to the first
-    person of its own sentence, the subject, in two cases:
+    person of its own sentence, the subject, in three cases:
     - the later mention is in a joined one-person sentence ("[Judy] takes her son [David] to practice. She also
       takes her son [Larry]": Judy-Larry, not David-Larry); r_uv then reads everything after the subject's mention;
     - the words between start with one of `conjunctions` ("[Frank] took his son [Charles] and daughter [Beverly]":
-      Frank-Beverly, not Charles-Beverly); r_uv still reads the words after the earlier mention ("and daughter")."""
+      Frank-Beverly, not Charles-Beverly); r_uv still reads the words after the earlier mention ("and daughter");
+    - the last of `possessives` (his, her) between the two is the subject's own, the first one after the subject's
+      mention ("[Dorothy] stayed with her mother [Nicole] before the birth of her son [Charles]": Dorothy-Charles,
+      not Nicole-Charles); r_uv again reads the words after the earlier mention."""
     pairs = []
     for row in range(segment_ids.shape[0]):
         seg, ent = segment_ids[row].tolist(), entity_ids[row].tolist()
@@ -186,14 +195,21 @@ def mention_pairs(segment_ids: Tensor, entity_ids: Tensor, sentence_ids: Tensor 
         subject: dict[int, tuple[int, int, int]] = {}
         for _, s, *mention in mentions:
             subject.setdefault(s, tuple(mention))
+        subject_possessive = {}  # up to the sentence's next person, who may have a possessive of their own
+        for s, (e, a, b) in subject.items():
+            end = next((m[3] for m in mentions if m[1] == s and m[3] > a and m[2] != e), len(ids))
+            subject_possessive[s] = next((w for w in ids[b:end] if w in possessives), None)
         for (g1, s1, e1, a1, b1), (g2, _, e2, a2, b2) in zip(mentions, mentions[1:]):
             if g1 != g2:
                 continue
             between = b1
-            after_conjunction = any(tuple(ids[b1: b1 + len(c)]) == c for c in conjunctions)
-            if sentence_ids is not None and (s1 != sentence[a2] or after_conjunction):
+            said = [w for w in ids[b1:a2] if w in possessives]
+            if sentence_ids is not None and s1 != sentence[a2]:
                 e1, a1, b1 = subject[s1]
-                between = b1 if s1 != sentence[a2] else between
+                between = b1
+            elif sentence_ids is not None and (any(tuple(ids[b1: b1 + len(c)]) == c for c in conjunctions)
+                                               or (said and said[-1] == subject_possessive[s1])):
+                e1, a1, b1 = subject[s1]
             if e1 != e2:
                 pairs.append((row, e1, e2, a1, b1, a2, b2, between))
     return pairs
@@ -202,17 +218,17 @@ def mention_pairs(segment_ids: Tensor, entity_ids: Tensor, sentence_ids: Tensor 
 class PersonGraph(nn.Module):
     """Sentence-local encoder -> relation vectors r_uv between people -> a reasoner over the people (subclasses)
     -> classifier on B's state. `edges="adjacent"` links neighbouring names of a sentence and reads r_uv from the
-    two mentions and the words between them; `edges="subject"` does too, but links a name after a conjunction or
-    in a joined one-person sentence to its sentence's subject (`mention_pairs`; `conjunctions` are the token ids of
-    "and" and ", and"); `edges="sentence"` links every pair of people in a sentence and reads r_uv from the two
+    two mentions and the words between them; `edges="subject"` does too, but links a name after a conjunction, after
+    the subject's own possessive or in a joined one-person sentence to its sentence's subject (`mention_pairs`; the
+    token ids of `conjunctions` and `possessives` come from `link_words`); `edges="sentence"` links every pair of people in a sentence and reads r_uv from the two
     mentions and the sentence mean."""
 
     def __init__(self, in_features: int, width: int, num_labels: int, edges: str,
-                 conjunctions: tuple[tuple[int, ...], ...] = ()):
+                 conjunctions: tuple[tuple[int, ...], ...] = (), possessives: tuple[int, ...] = ()):
         super().__init__()
-        if edges == "subject" and not conjunctions:
-            raise ValueError('edges="subject" needs the token ids of its conjunctions')
-        self.edges, self.conjunctions = edges, conjunctions
+        if edges == "subject" and not (conjunctions and possessives):
+            raise ValueError('edges="subject" needs the token ids of its conjunctions and possessives')
+        self.edges, self.conjunctions, self.possessives = edges, conjunctions, possessives
         self.proj = nn.Linear(in_features, width)
         self.position = nn.Embedding(512, width)
         self.sentence_layer = nn.TransformerEncoderLayer(width, 4, 4 * width, dropout=0.0, batch_first=True,
@@ -237,7 +253,7 @@ class PersonGraph(nn.Module):
             if sentence_ids is None or input_ids is None:
                 raise ValueError('edges="subject" reads sentence_ids and input_ids')
             return self._pair_relations(x, mention_pairs(segment_ids, entity_ids, sentence_ids, input_ids,
-                                                         self.conjunctions), people)
+                                                         self.conjunctions, self.possessives), people)
         if self.edges == "adjacent":
             return self._pair_relations(x, mention_pairs(segment_ids, entity_ids), people)
         sentences = int(segment_ids.max()) + 1
@@ -291,8 +307,9 @@ class EntityRecurrence(PersonGraph):
     neighbours u of compose(h_u, r_uv) (see the module docstring)."""
 
     def __init__(self, in_features: int, width: int, num_labels: int, tied: bool, untied_depth: int,
-                 edges: str = "adjacent", conjunctions: tuple[tuple[int, ...], ...] = ()):
-        super().__init__(in_features, width, num_labels, edges, conjunctions)
+                 edges: str = "adjacent", conjunctions: tuple[tuple[int, ...], ...] = (),
+                 possessives: tuple[int, ...] = ()):
+        super().__init__(in_features, width, num_labels, edges, conjunctions, possessives)
         self.max_depth = None if tied else untied_depth
         self.compose = nn.ModuleList(
             nn.Sequential(nn.Linear(2 * width, 2 * width), nn.GELU(), nn.Linear(2 * width, width), nn.LayerNorm(width))
@@ -327,8 +344,8 @@ class GraphLayers(PersonGraph):
     a LayerNorm (a graph transformer over the people); B carries a learned marker, A the start vector."""
 
     def __init__(self, in_features: int, width: int, num_labels: int, layers: int, edges: str = "adjacent",
-                 conjunctions: tuple[tuple[int, ...], ...] = ()):
-        super().__init__(in_features, width, num_labels, edges, conjunctions)
+                 conjunctions: tuple[tuple[int, ...], ...] = (), possessives: tuple[int, ...] = ()):
+        super().__init__(in_features, width, num_labels, edges, conjunctions, possessives)
         self.compose = nn.ModuleList(
             nn.Sequential(nn.Linear(2 * width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
             for _ in range(layers))
@@ -354,10 +371,11 @@ def train_and_evaluate(train: list, tests: dict[str, list], num_labels: int, var
     rng = random.Random(seed)
     if variant == "graph":
         model = GraphLayers(train[0][0].shape[1], args.width, num_labels, args.graph_layers, args.edges,
-                            args.conjunctions)
+                            args.conjunctions, args.possessives)
     else:
         model = EntityRecurrence(train[0][0].shape[1], args.width, num_labels, tied=variant == "recursive",
-                                 untied_depth=args.untied_depth, edges=args.edges, conjunctions=args.conjunctions)
+                                 untied_depth=args.untied_depth, edges=args.edges, conjunctions=args.conjunctions,
+                                 possessives=args.possessives)
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
     warmup = 100
@@ -436,7 +454,7 @@ def main(argv: list[str] | None = None) -> None:
     unseen = {n for s in test_sets.values() for n in s["label"]} - set(label_ids)
     if unseen:
         raise UserError(f"held-out labels {sorted(unseen)} never occur in training")
-    args.conjunctions = tuple(tuple(tokenizer.convert_tokens_to_ids(words)) for words in (["and"], [",", "and"]))
+    args.conjunctions, args.possessives = link_words(tokenizer)
     if args.edges == "subject":
         seen = words_before_names(train_set["text"])
         split = {name: s.map(lambda row: {"text": split_run_on_sentences(row["text"], seen)})

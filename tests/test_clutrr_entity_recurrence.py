@@ -46,31 +46,44 @@ def test_edges_link_neighbouring_names_of_one_sentence_only():
     assert linked == {(1, 2), (2, 1), (2, 3), (3, 2), (4, 5), (5, 4)}  # Kim-Al only through Flo; Cy-Al never
 
 
-AND, COMMA = 50, 51
+AND, COMMA, HIS, HER = 50, 51, 52, 53
+WORDS = dict(conjunctions=((AND,), (COMMA, AND)), possessives=(HIS, HER))
 
 
-def test_subject_edges_link_a_name_after_a_conjunction_or_in_a_pronoun_sentence_to_the_subject():
-    # "[Frank] took son [Charles] and daughter [Beverly] ." + "She likes [Di] ." joined to it (one person); row 2: "[Kim] met [Al] , and [Bo] ."
-    second_row = [-1, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1]
-    sentences = torch.tensor([[-1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, -1], second_row])
-    segments = torch.tensor([[-1] + [0] * 12 + [-1], second_row])
-    entities = torch.tensor([[0, 1, 0, 0, 2, 0, 0, 3, 0, 0, 0, 4, 0, 0], [0, 1, 0, 2, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0]])
+def test_subject_edges_link_a_name_to_the_sentence_subject_after_a_conjunction_its_possessive_or_a_full_stop():
+    # Row 0: "[Frank] took son [Charles] and daughter [Beverly] ." + "She likes [Di] ." joined to it (one person).
+    # Row 1: "[Kim] met [Al] , and [Bo] ."
+    # Row 2: "[Dot] stayed with her mother [Nic] before her son [Cal] ."  (the subject's "her" again)
+    # Row 3: "[Ann] asked her son [Bo] to fetch his daughter [Cy] ."  ("his" is not the subject's "her")
+    one_sentence = [-1] + [0] * 10 + [-1, -1, -1]
+    sentences = torch.tensor([[-1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, -1],
+                              [-1, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1], one_sentence, one_sentence])
+    segments = sentences.clone()
+    segments[0, 9:13] = 0
+    entities = torch.tensor([[0, 1, 0, 0, 2, 0, 0, 3, 0, 0, 0, 4, 0, 0], [0, 1, 0, 2, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0],
+                             [0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 0], [0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 0]])
     input_ids = torch.tensor([[1, 10, 11, 12, 13, AND, 14, 15, 16, 17, 18, 19, 16, 2],
-                              [1, 10, 11, 12, COMMA, AND, 13, 16, 2, 0, 0, 0, 0, 0]])
-    conjunctions = ((AND,), (COMMA, AND))
+                              [1, 10, 11, 12, COMMA, AND, 13, 16, 2, 0, 0, 0, 0, 0],
+                              [1, 10, 11, HER, 12, 13, 14, HER, 15, 16, 17, 2, 0, 0],
+                              [1, 10, 11, HER, 12, 13, 14, HIS, 15, 16, 17, 2, 0, 0]])
     # (row, u, v, u span, v span, first word r_uv reads)
-    assert screen.mention_pairs(segments, entities, sentences, input_ids, conjunctions) == [
+    assert screen.mention_pairs(segments, entities, sentences, input_ids, **WORDS) == [
         (0, 1, 2, 1, 2, 4, 5, 2),  # Frank-Charles, as neighbours
         (0, 1, 3, 1, 2, 7, 8, 5),  # Frank-Beverly after "and", reading "and daughter"
-        (0, 1, 4, 1, 2, 11, 12, 2),  # Frank-Di across the pronoun sentence, reading all after Frank
-        (1, 1, 2, 1, 2, 3, 4, 2), (1, 1, 3, 1, 2, 6, 7, 4)]  # Kim-Al, and Kim-Bo after ", and"
-    # Neighbouring names only: Charles-Beverly and Beverly-Di.
-    assert [p[1:3] for p in screen.mention_pairs(segments, entities)] == [(1, 2), (2, 3), (3, 4), (1, 2), (2, 3)]
-    model = screen.EntityRecurrence(4, 8, 3, tied=True, untied_depth=3, edges="subject", conjunctions=conjunctions)
-    _, adjacency = model.relations(torch.randn(2, 14, 4), segments, entities, sentences, input_ids)
+        (0, 1, 4, 1, 2, 11, 12, 2),  # Frank-Di across the full stop, reading all after Frank
+        (1, 1, 2, 1, 2, 3, 4, 2), (1, 1, 3, 1, 2, 6, 7, 4),  # Kim-Al, and Kim-Bo after ", and"
+        (2, 1, 2, 1, 2, 5, 6, 2), (2, 1, 3, 1, 2, 9, 10, 6),  # Dot-Nic, and Dot-Cal after Dot's own "her"
+        (3, 1, 2, 1, 2, 5, 6, 2), (3, 2, 3, 5, 6, 9, 10, 6)]  # Ann-Bo, and Bo-Cy: "his" is Bo's
+    # Neighbouring names only: Charles-Beverly, Beverly-Di, Al-Bo, Nic-Cal.
+    assert [p[1:3] for p in screen.mention_pairs(segments, entities)] == [(1, 2), (2, 3), (3, 4), (1, 2), (2, 3),
+                                                                          (1, 2), (2, 3), (1, 2), (2, 3)]
+    model = screen.EntityRecurrence(4, 8, 3, tied=True, untied_depth=3, edges="subject", **WORDS)
+    _, adjacency = model.relations(torch.randn(4, 14, 4), segments, entities, sentences, input_ids)
     assert {(u, v) for u, v in adjacency[0].nonzero().tolist() if u < v} == {(1, 2), (1, 3), (1, 4)}
     with pytest.raises(ValueError, match="sentence_ids"):
-        model.relations(torch.randn(2, 14, 4), segments, entities)
+        model.relations(torch.randn(4, 14, 4), segments, entities)
+    with pytest.raises(ValueError, match="possessives"):
+        screen.EntityRecurrence(4, 8, 3, tied=True, untied_depth=3, edges="subject", conjunctions=((AND,),))
 
 
 def _chain_batch(width: int = 12):
@@ -95,7 +108,7 @@ def _changed(model, features, segments, entities, b: int, sentence: int) -> bool
 def test_the_recursive_head_reads_the_whole_chain_and_nothing_off_it(edges):
     features, segments, entities = _chain_batch()
     model = screen.EntityRecurrence(features.shape[-1], 16, 5, tied=True, untied_depth=3,
-                                    edges=edges, conjunctions=((AND,),)).eval()
+                                    edges=edges, **WORDS).eval()
     with torch.no_grad():
         assert _changed(model, features, segments, entities, b=5, sentence=0)  # A's own fact, four steps away
         assert _changed(model, features, segments, entities, b=5, sentence=3)

@@ -2,7 +2,7 @@
 outward from A one kinship fact per step, against the same head without weight sharing and a graph transformer over
 the same people.
 
-    python bench/clutrr_entity_recurrence.py --seeds 0 1 2 --steps 1500 --out runs/screen/entity_recurrence
+    python bench/clutrr_entity_recurrence.py --seeds 0 1 2 3 4 5 --steps 1500 --out runs/screen/entity_recurrence_subject
 
 Why: the token-level heads of hybrid mode answer k = 2, 3 from the chain's end facts and never learn to follow a
 chain (docs/results.md, "Embedding layer only"). This screen builds in the structure a chain-following solver needs:
@@ -220,8 +220,8 @@ class PersonGraph(nn.Module):
     -> classifier on B's state. `edges="adjacent"` links neighbouring names of a sentence and reads r_uv from the
     two mentions and the words between them; `edges="subject"` does too, but links a name after a conjunction, after
     the subject's own possessive or in a joined one-person sentence to its sentence's subject (`mention_pairs`; the
-    token ids of `conjunctions` and `possessives` come from `link_words`); `edges="sentence"` links every pair of people in a sentence and reads r_uv from the two
-    mentions and the sentence mean."""
+    token ids of `conjunctions` and `possessives` come from `link_words`); `edges="sentence"` links every pair of
+    people in a sentence and reads r_uv from the two mentions and the sentence mean."""
 
     def __init__(self, in_features: int, width: int, num_labels: int, edges: str,
                  conjunctions: tuple[tuple[int, ...], ...] = (), possessives: tuple[int, ...] = ()):
@@ -278,9 +278,9 @@ class PersonGraph(nn.Module):
         if not pairs:
             return r, adjacency
         pool = torch.zeros(3, len(pairs), batch * length)  # rows average u's mention, v's mention, the words between
-        for i, (row, _, _, u_start, u_end, v_start, v_end, between) in enumerate(pairs):
+        for i, (row, _, _, u_start, u_end, v_start, v_end, between_start) in enumerate(pairs):
             offset = row * length
-            for j, (lo, hi) in enumerate(((u_start, u_end), (v_start, v_end), (between, v_start))):
+            for j, (lo, hi) in enumerate(((u_start, u_end), (v_start, v_end), (between_start, v_start))):
                 if hi > lo:
                     pool[j, i, offset + lo: offset + hi] = 1 / (hi - lo)
         u_side, v_side, between = (pool[j] @ x.reshape(-1, width) for j in range(3))
@@ -435,9 +435,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--untied-depth", type=int, default=3, help="steps of the untied variant (train k <= 3)")
     parser.add_argument("--graph-layers", type=int, default=4, help="layers of the graph variant")
     parser.add_argument("--edges", default="subject", choices=["subject", "adjacent", "sentence"],
-                        help="subject: neighbouring names of a sentence, a name after a conjunction or in a joined "
-                             "one-person sentence linked to the subject, run-on sentences split; adjacent: neighbouring "
-                             "names only; sentence: every pair of a sentence (see PersonGraph, split_run_on_sentences)")
+                        help="subject: neighbouring names of a sentence, a name after a conjunction, after the "
+                             "subject's own his/her or in a joined one-person sentence linked to the subject, run-on "
+                             "sentences split; adjacent: neighbouring names only; sentence: every pair of a sentence "
+                             "(see PersonGraph, mention_pairs, split_run_on_sentences)")
     parser.add_argument("--no-join-sentences", dest="join_sentences", action="store_false",
                         help="keep every sentence apart (see join_one_person_sentences)")
     parser.add_argument("--out", type=Path, required=True)

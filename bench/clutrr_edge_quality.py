@@ -46,8 +46,8 @@ def story_pairs(text: str, tokenizer, edges: str, seen, link_words) -> set[froze
     names = list(dict.fromkeys(next(g for g in m.groups() if g is not None).strip() for m in ENTITY.finditer(text)))
     row = (torch.tensor([segments]), torch.tensor([entities]))
     if edges == "sentence":
-        linked = {frozenset(e for s, e in zip(segments, entities) if s == sentence and e > 0) for sentence in set(segments)}
-        pairs = {frozenset((u, v)) for group in linked for u in group for v in group if u != v}
+        people = [{e for s, e in zip(segments, entities) if s == sentence and e > 0} for sentence in set(segments)]
+        pairs = {frozenset((u, v)) for group in people for u in group for v in group if u != v}
     else:
         extra = (torch.tensor([sentences]), torch.tensor([encoding["input_ids"]]), *link_words) if subject else ()
         pairs = {frozenset(p[1:3]) for p in screen.mention_pairs(*row, *extra)}
@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         missing = {"story", "query", "task_name", "story_edges", "genders"} - set(frame.columns)
         if missing:
             raise UserError(f"{path}: no column(s) {sorted(missing)}")
-        frame["text"] = [clutrr_text(s, q, question="none", mark_query=True) for s, q in zip(frame["story"], frame["query"])]
+        frame["text"] = [clutrr_text(story, query, question="none", mark_query=True)
+                         for story, query in zip(frame["story"], frame["query"])]
         frame["group"] = [tuple(int(x) for x in name.replace("task_", "").split(".")) for name in frame.task_name]
         frames[path.name] = frame
     seen = screen.words_before_names(list(frames["train.csv"].text))

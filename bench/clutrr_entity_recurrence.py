@@ -193,12 +193,13 @@ def mention_pairs(segment_ids: Tensor, entity_ids: Tensor, sentence_ids: Tensor 
             else:
                 t += 1
         subject: dict[int, tuple[int, int, int]] = {}
-        for _, s, *mention in mentions:
-            subject.setdefault(s, tuple(mention))
         subject_possessive = {}  # up to the sentence's next person, who may have a possessive of their own
-        for s, (e, a, b) in subject.items():
-            end = next((m[3] for m in mentions if m[1] == s and m[3] > a and m[2] != e), len(ids))
-            subject_possessive[s] = next((w for w in ids[b:end] if w in possessives), None)
+        if sentence_ids is not None:
+            for _, s, *mention in mentions:
+                subject.setdefault(s, tuple(mention))
+            for s, (e, a, b) in subject.items():
+                end = next((m[3] for m in mentions if m[1] == s and m[3] > a and m[2] != e), len(ids))
+                subject_possessive[s] = next((w for w in ids[b:end] if w in possessives), None)
         for (g1, s1, e1, a1, b1), (g2, _, e2, a2, b2) in zip(mentions, mentions[1:]):
             if g1 != g2:
                 continue

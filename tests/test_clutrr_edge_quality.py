@@ -25,7 +25,8 @@ def tokenizer():
 def test_story_pairs_follow_each_edge_mode(tokenizer):
     text = "Story: [Frank] took his son [Charles] and daughter <Beverly>. She likes {Di}."
     seen = Counter({"son": 5, "daughter": 5, "likes": 5})  # an unseen word before a name would end a sentence
-    pairs = {mode: {tuple(sorted(p)) for p in quality.story_pairs(text, tokenizer, mode, seen, quality.screen.link_words(tokenizer))}
+    words = quality.screen.link_words(tokenizer)
+    pairs = {mode: {tuple(sorted(p)) for p in quality.story_pairs(text, tokenizer, mode, seen, words)}
              for mode in ("subject", "adjacent", "sentence")}
     assert pairs["subject"] == {("Charles", "Frank"), ("Beverly", "Frank"), ("Di", "Frank")}
     assert pairs["adjacent"] == {("Charles", "Frank"), ("Beverly", "Charles"), ("Beverly", "Di")}

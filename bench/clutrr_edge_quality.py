@@ -1,9 +1,12 @@
-"""CLUTRR analysis: how well the person graph of bench/clutrr_entity_recurrence.py matches the generator's facts.
+"""CLUTRR analysis: how well the person graph of the person-graph heads (`hybrid.models.people`) matches the
+generator's facts.
 
     python bench/clutrr_edge_quality.py [--data DIR] [--edges subject adjacent sentence]
 
-For each `--edges` mode, builds the same text, sentences and person pairs as the screen (no backbone pass: the
-tokenizer alone) and compares the pairs, as unordered pairs of people, with the generator's `story_edges`. It prints
+For each `--edges` mode, builds the same text, sentences and person pairs as configs/hybrid/clutrr_people.yaml
+("subject": run-on sentences split, one-person sentences joined, a name after "and", after the subject's own his/her
+or in a joined sentence linked to the subject), or simpler alternatives ("adjacent": neighbouring names of a sentence
+only, no splitting; "sentence": every pair of a sentence), with no backbone pass (the tokenizer alone), and compares the pairs, as unordered pairs of people, with the generator's `story_edges`. It prints
 precision and recall per file, noise type and k, the share of stories whose pairs equal the facts exactly, and the
 share where A and B are connected at all.
 
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
@@ -25,32 +27,37 @@ import torch
 from transformers import AutoTokenizer
 
 from hybrid.data.clutrr import clutrr_text, default_data_dir
+from hybrid.data.people import join_one_person_sentences, split_run_on_sentences, words_before_names
 from hybrid.data.text_tasks import ENTITY, entity_graph_ids
 from hybrid.models.backbones import resolve_backbone_path
+from hybrid.models.configuration_hybrid import DEFAULT_BACKBONE, SUBJECT_CONJUNCTIONS, SUBJECT_POSSESSIVES
+from hybrid.models.people import mention_pairs
 from hybrid.utils import UserError, run_main
 
-_spec = importlib.util.spec_from_file_location("clutrr_entity_recurrence",
-                                               Path(__file__).with_name("clutrr_entity_recurrence.py"))
-screen = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(screen)
+
+def link_words(tokenizer) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]:
+    """Token ids of the default subject conjunctions and possessives (`HybridRecursiveConfig.person_graph`)."""
+    conjunctions = tuple(tuple(tokenizer.convert_tokens_to_ids(tokenizer.tokenize(w))) for w in SUBJECT_CONJUNCTIONS)
+    return conjunctions, tuple(tokenizer.convert_tokens_to_ids(SUBJECT_POSSESSIVES))
 
 
-def story_pairs(text: str, tokenizer, edges: str, seen, link_words) -> set[frozenset[str]]:
-    """The unordered pairs of names the screen links in one story, for one `edges` mode."""
+def story_pairs(text: str, tokenizer, edges: str, seen, words) -> set[frozenset[str]]:
+    """The unordered pairs of names linked in one story, for one `edges` mode."""
     subject = edges == "subject"
     if subject:
-        text = screen.split_run_on_sentences(text, seen)
+        text = split_run_on_sentences(text, seen)
     encoding = tokenizer(text, return_offsets_mapping=True)
     sentences, entities = entity_graph_ids(text, encoding["offset_mapping"])
-    segments = screen.join_one_person_sentences(sentences, entities)
+    segments = join_one_person_sentences(sentences, entities)
     names = list(dict.fromkeys(next(g for g in m.groups() if g is not None).strip() for m in ENTITY.finditer(text)))
-    row = (torch.tensor([segments]), torch.tensor([entities]))
     if edges == "sentence":
         people = [{e for s, e in zip(segments, entities) if s == sentence and e > 0} for sentence in set(segments)]
         pairs = {frozenset((u, v)) for group in people for u in group for v in group if u != v}
     else:
-        extra = (torch.tensor([sentences]), torch.tensor([encoding["input_ids"]]), *link_words) if subject else ()
-        pairs = {frozenset(p[1:3]) for p in screen.mention_pairs(*row, *extra)}
+        # Without the subject rules, the (joined) sentences stand for the sentences as written and no word links.
+        row = [torch.tensor([ids]) for ids in (segments, entities, sentences if subject else segments,
+                                                 encoding["input_ids"])]
+        pairs = {frozenset(p[1:3]) for p in mention_pairs(*row, *(words if subject else ()))}
     return {frozenset(names[e - 1] for e in pair) for pair in pairs}
 
 
@@ -77,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     files = [folder / name for name in ("train.csv", "test.csv", "test_noise.csv") if (folder / name).exists()]
     if not files or files[0].name != "train.csv":
         raise UserError(f"{folder}: no train.csv (this analysis needs the local CSV files with story_edges)")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone_path(screen.BACKBONE))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone_path(DEFAULT_BACKBONE))
     frames = {}
     for path in files:
         frame = pd.read_csv(path)
@@ -88,14 +95,14 @@ def main(argv: list[str] | None = None) -> None:
                          for story, query in zip(frame["story"], frame["query"])]
         frame["group"] = [tuple(int(x) for x in name.replace("task_", "").split(".")) for name in frame.task_name]
         frames[path.name] = frame
-    seen = screen.words_before_names(list(frames["train.csv"].text))
-    link_words = screen.link_words(tokenizer)
+    seen = words_before_names(list(frames["train.csv"].text))
+    words = link_words(tokenizer)
     print("| edges | file | noise | k | stories | precision | recall | stories with exactly the facts | A-B connected |")
     print("|---|---|---|---|---|---|---|---|---|")
     for edges in args.edges:
         for name, frame in frames.items():
             for group, rows in frame.groupby("group"):
-                found = [story_pairs(text, tokenizer, edges, seen, link_words) for text in rows.text]
+                found = [story_pairs(text, tokenizer, edges, seen, words) for text in rows.text]
                 true = [facts(row) for _, row in rows.iterrows()]
                 hits = sum(len(f & t) for f, t in zip(found, true))
                 precision = hits / max(1, sum(len(f) for f in found))

@@ -7,7 +7,9 @@
 
 Every head is one `recipes/train_hybrid.py` run, one flag apart (`HEADS`), all at the same number of optimiser steps
 and batch size: the recursive TRM and HRM heads, the equal-size transformer head (the same blocks applied once), MLP,
-linear, LoRA (rank 8) + linear, and full fine-tuning of the backbone + linear (the baseline of the CLUTRR paper).
+linear, LoRA (rank 8) + linear, and full fine-tuning of the backbone + linear (the baseline of the CLUTRR paper);
+for CLUTRR also the person-graph heads (`PERSON_HEADS`, configs/hybrid/clutrr_people.yaml): the recursive chain core
+and the graph transformer over the same people.
 Frozen heads share one on-disk feature cache (cache_dir, computed by the first run); LoRA and full fine-tuning recompute the
 backbone every step. Full fine-tuning runs at lr 1e-4 (`FULL_FINE_TUNING_LR`: the head's 1e-3 moves a pretrained
 backbone too far); every other setting is the task config's.
@@ -50,7 +52,15 @@ HEADS = {
     "full-ft+linear": ["model.head=linear", "model.train_backbone=true", "feature_cache=none",
                        f"training.lr={FULL_FINE_TUNING_LR}"],
 }
-RECURSIVE_HEADS = ("recursive", "recursive-hrm")
+# CLUTRR only: heads over the story's people (hybrid.models.people), from their own config: the recursive chain core
+# and the non-recursive graph transformer over the same people and relation vectors (4 layers: more than the
+# chain core's parameters, and as deep as the longest training chain plus one).
+PERSON_CONFIG = REPO / "configs" / "hybrid" / "clutrr_people.yaml"
+PERSON_HEADS = {
+    "people-chain": ["model.head=recursive", "model.core=chain"],
+    "people-graph": ["model.head=transformer", "model.L_layers=4"],
+}
+RECURSIVE_HEADS = ("recursive", "recursive-hrm", "people-chain")
 # Baseline heads carry nothing between supervision steps, so every step gives the same answer: they are evaluated at
 # one step (the same numbers, a quarter of the held-out cost; with LoRA / full fine-tuning the backbone runs each step).
 ONE_STEP_EVAL = ["eval.halt_max_steps=1"]
@@ -153,7 +163,8 @@ def training_flops(run_dir: Path, examples: int = 8) -> dict[str, float]:
         m.resolve_readout_tokens(tokenizer)
     model = hybrid_model_for(m, backbone=backbone).train()
     train = tokenize_dataset(task.train, tokenizer, level=task.level, max_length=backbone_max_length(backbone.config, tokenizer),
-                             single_token_words=task.single_token_words, entity_graph=m.entity_graph)
+                             single_token_words=task.single_token_words, entity_graph=m.entity_graph or m.person_graph,
+                             join_sentences=m.person_graph)
     pad_to = max(len(ids) for ids in train["input_ids"])  # training pads every batch to the longest training text
     batch = TextCollator(tokenizer.pad_token_id, pad_to=pad_to)(list(train.select(range(examples))))
 
@@ -166,7 +177,7 @@ def training_flops(run_dir: Path, examples: int = 8) -> dict[str, float]:
         return counter.get_total_flops()
 
     with torch.no_grad():
-        features = model.backbone_features(batch["input_ids"], batch["attention_mask"])
+        features = model.reasoner.encoder.batch_features(batch)
     head = step_flops({**batch, "features": features})
     total = head if model.backbone_is_frozen else step_flops(batch)
     return {"head": head / examples, "backbone": (total - head) / examples}
@@ -175,7 +186,8 @@ def training_flops(run_dir: Path, examples: int = 8) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=sorted(TASKS), required=True)
-    parser.add_argument("--heads", nargs="+", choices=list(HEADS), default=list(HEADS))
+    parser.add_argument("--heads", nargs="+", choices=[*HEADS, *PERSON_HEADS], default=None,
+                        help="default: every head the task has (the person-graph heads are CLUTRR's)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="run.seed of each run (one run per head per seed)")
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps of every run (default: the config's)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 6 steps on 64 training examples")
@@ -185,21 +197,26 @@ def main(argv: list[str] | None = None) -> None:
                         "it again; only for runs made with the same config and overrides")
     args = parser.parse_args(argv)
 
+    heads = args.heads or [*HEADS, *(PERSON_HEADS if args.task == "clutrr" else ())]
+    if args.task != "clutrr" and set(heads) & set(PERSON_HEADS):
+        parser.error(f"the person-graph heads {sorted(PERSON_HEADS)} read CLUTRR stories; --task {args.task} has none")
     recipe = load_recipe()
     out = args.out or REPO / "runs" / "heads" / args.task
     common = (QUICK if args.quick else []) + ([f"training.total_steps={args.steps}"] if args.steps else []) + args.set
     cache = ["feature_cache=disk"]  # frozen heads: one on-disk cache (the config's cache_dir) for all runs
     rows, run_dirs = [], {}
     for seed in args.seeds:
-        for head in args.heads:
+        for head in heads:
             run_dir = out / head.replace("+", "_") / f"seed{seed}"
-            frozen = [] if "feature_cache=none" in HEADS[head] else cache
+            flags = {**HEADS, **PERSON_HEADS}[head]
+            frozen = [] if "feature_cache=none" in flags else cache
             overrides = [f"run.output_dir={run_dir}", "run.overwrite=true", "run.progress_bar=false", "run.trackers=[]",
-                         f"run.seed={seed}", *frozen, *HEADS[head], *([] if head in RECURSIVE_HEADS else ONE_STEP_EVAL),
+                         f"run.seed={seed}", *frozen, *flags, *([] if head in RECURSIVE_HEADS else ONE_STEP_EVAL),
                          *common]
+            config = PERSON_CONFIG if head in PERSON_HEADS else TASKS[args.task]
             if not (args.reuse and (run_dir / "results.json").is_file()):
                 print(f"== {head}, seed {seed}: {run_dir}", flush=True)
-                recipe.main(["--config", str(TASKS[args.task]), *overrides])
+                recipe.main(["--config", str(config), *overrides])
             rows.append({**json.loads((run_dir / "results.json").read_text()), "head": head, "seed": seed})
             run_dirs.setdefault(head, run_dir)
     flops_file = out / "flops.json"

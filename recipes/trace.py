@@ -6,6 +6,13 @@
 
 Writes to --out: trace.json (per example and step: q_halt, all right, wrong tokens, latent changes), changes.png, and
 per example a PNG strip / GIF (grid tasks, --kind sudoku|maze|arc) or an HTML token table (hybrid text tasks).
+
+A person-graph chain head (configs/hybrid/clutrr_people.yaml) answers in one supervision step; its trace is its walk
+out from A instead: per step, the people first reached and the relation to A read from each one's state, in
+walk.md and trace.json:
+
+    python recipes/trace.py --checkpoint runs/heads/clutrr/people-chain/seed0/model \
+        --data runs/heads/clutrr/people-chain/seed0/data/k=6 --examples 0 --out runs/traces/people-chain
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from hybrid.eval.traces import (
     record_trace,
     render_grid_trace,
     render_token_table,
+    walk_trace,
 )
 from hybrid.utils import UserError, get_logger, run_main
 
@@ -79,6 +87,36 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v[:, :length] if v.ndim >= 2 else v for k, v in batch.items()}  # sequence labels [1] stay
 
 
+def trace_walks(model, args, tokenizer) -> None:
+    """The chain head's walk for each picked example (see the module docstring)."""
+    config = model.hf_model.config
+    if config.head != "recursive":
+        raise UserError(f"{args.checkpoint}: a person-graph {config.head!r} head updates every person at once; only the "
+                        "chain core walks step by step")
+    if any(v is not None for v in (args.steps, args.H_cycles, args.L_cycles)):
+        raise UserError("--steps, --H-cycles, --L-cycles: a chain head answers in one supervision step and walks until "
+                        "it reaches B; there is nothing of them to set")
+    summary, lines = {}, []
+    for index, batch in sorted(pick_examples(model, args).items()):
+        batch = trim_padding(batch)
+        ids, entities = batch["input_ids"][0], batch["entity_ids"][0]
+        name = {e: tokenizer.decode(ids[entities == e][:8]).strip() for e in entities.unique().tolist() if e > 0}
+        walk = walk_trace(model.hf_model, batch)
+        predicted = model.hf_model(**batch).logits.argmax(-1).item()
+        summary[index] = {"label": config.id2label[int(batch["labels"][0])], "predicted": config.id2label[predicted],
+                          "steps": [[{"person": name[p], "relation": config.id2label[r]}
+                                     for p, r in zip(s["people"], s["relations"])] for s in walk]}
+        lines += [f"## example {index}: answer {summary[index]['label']}, predicted {summary[index]['predicted']}", ""]
+        lines += [f"{step}. " + ", ".join(f"{p['person']}: {p['relation']}" for p in people)
+                  for step, people in enumerate(summary[index]["steps"], start=1)] + [""]
+        log.info(f"example {index}: {len(walk)} steps; answer {summary[index]['label']}, "
+                 f"predicted {summary[index]['predicted']}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "walk.md").write_text("\n".join(lines))
+    (args.out / "trace.json").write_text(json.dumps({"checkpoint": str(model.source), "examples": summary}, indent=1))
+    log.info(f"wrote {args.out}")
+
+
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     check_model_and_data(args)
@@ -89,6 +127,8 @@ def main(argv: list[str]) -> None:
     steps = args.steps or model.trained_steps
     cycles = {k: v for k, v in (("H_cycles", args.H_cycles), ("L_cycles", args.L_cycles)) if v is not None}
     tokenizer = load_tokenizer(model) if model.kind == "hybrid" else None
+    if model.kind == "hybrid" and model.hf_model.config.person_graph:
+        return trace_walks(model, args, tokenizer)
 
     summary, changes = {}, {}
     for index, batch in sorted(pick_examples(model, args).items()):

@@ -36,15 +36,17 @@ log = get_logger("hybrid.train_hybrid")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hybrid" / "default.yaml"
 
 
-def tokenize_sets(cfg, datasets: dict, tokenizer, backbone, level, single_token_words, entity_graph=False) -> dict:
-    """Every set tokenised (with the entity graph's ids when the head reads them), with every length and label check
-    done before any training."""
+def tokenize_sets(cfg, datasets: dict, tokenizer, backbone, level, single_token_words, model_config) -> dict:
+    """Every set tokenised (with the entity or person graph's ids when the head reads them), with every length and
+    label check done before any training."""
     limit = backbone_max_length(backbone.config, tokenizer)
+    graph = model_config.entity_graph or model_config.person_graph
     out = {}
     for name, dataset in datasets.items():
         try:
             out[name] = tokenize_dataset(dataset, tokenizer, level=level, max_length=limit,
-                                         single_token_words=single_token_words, entity_graph=entity_graph)
+                                         single_token_words=single_token_words, entity_graph=graph,
+                                         join_sentences=model_config.person_graph)
         except ValueError as err:
             raise UserError(f"task {cfg.task.name}, {name} set: {err}") from None
     return out
@@ -69,7 +71,7 @@ def with_features(cfg, model_config, tokenized: dict, tokenizer, backbone, accel
         backbone, tokenizer, layers=model_config.backbone_layers, backbone_name=model_config.backbone_name_or_path,
         cache_dir=cfg.cache_dir if cfg.feature_cache == "disk" else None, dtype=cfg.feature_cache_dtype,
         rank=accelerator.process_index, world_size=accelerator.num_processes, barrier=accelerator.wait_for_everyone,
-        progress=accelerator.is_main_process,
+        progress=accelerator.is_main_process, sentence_local=model_config.person_graph,
     )
     out = {name: cache.attach(dataset) for name, dataset in tokenized.items()}
     log.info(f"feature cache: {cache.misses} computed, {cache.hits} reused ({cache.nbytes() / 2**20:.1f} MiB)")
@@ -106,10 +108,10 @@ def main(argv: list[str]) -> None:
         try:
             m.resolve_readout_tokens(tokenizer)
         except ValueError as err:
-            raise UserError(f"model.readout_tokens: {err}") from None
+            raise UserError(f"model: {err}") from None
     model = hybrid_model_for(m, backbone=backbone)
     tokenized = tokenize_sets(cfg, {"train": task.train, **task.tests}, tokenizer, backbone, task.level,
-                              task.single_token_words, entity_graph=m.entity_graph)
+                              task.single_token_words, m)
     if m.readout_tokens:
         check_readout_tokens(m, tokenized)
 
@@ -130,7 +132,11 @@ def main(argv: list[str]) -> None:
     act = model.act_loss(generator=torch.Generator().manual_seed(cfg.run.seed + rank)).act
     set_seed(cfg.run.seed, device_specific=True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    head = f"recursive head ({m.core}, T={m.H_cycles}, n={m.L_cycles})" if m.head == "recursive" else f"{m.head} head"
+    if m.person_graph:
+        head = "person-graph " + ("recursive head (chain core)" if m.head == "recursive" else f"{m.head} head "
+                                  f"({m.L_layers} graph layers)")
+    else:
+        head = f"recursive head ({m.core}, T={m.H_cycles}, n={m.L_cycles})" if m.head == "recursive" else f"{m.head} head"
     tuning = "trained backbone" if m.train_backbone else f"LoRA r={m.lora_r} backbone" if m.lora_r else "frozen backbone"
     log.info(f"{head} on a {tuning}: {trainable:,} trainable parameters; "
              f"{len(train)} train examples, {steps} steps of {batch} on {world} process(es)")
@@ -174,10 +180,13 @@ def main(argv: list[str]) -> None:
             for name in examples:
                 tokenized[name].save_to_disk(str(run_dir / "data" / name))
     if accelerator.is_main_process:
-        # A baseline head has no recursive core: naming one (the config's default) would mislabel its results.
+        # A baseline head has no recursive core: naming one (the config's default) would mislabel its results; the
+        # chain core has no T and n (it walks until it reaches B).
         recursion = {"core": m.core, "H_cycles": m.H_cycles, "L_cycles": m.L_cycles} if m.head == "recursive" else {}
+        if m.person_graph:
+            recursion = {k: v for k, v in recursion.items() if k == "core"}
         summary = {
-            "head": m.head, **recursion, "halt_max_steps": m.halt_max_steps,
+            "head": m.head, "person_graph": m.person_graph, **recursion, "halt_max_steps": m.halt_max_steps,
             "eval_halt_max_steps": eval_steps,
             "trainable_parameters": trainable, "task": cfg.task.name,
             "steps": steps, "wall_seconds": time.perf_counter() - started, "world_size": world,

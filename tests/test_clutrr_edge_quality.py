@@ -1,4 +1,4 @@
-"""bench/clutrr_edge_quality.py: the person pairs it scores are the entity-recurrence screen's, per edge mode, and the
+"""bench/clutrr_edge_quality.py: the person pairs it scores are the person-graph heads', per edge mode, and the
 generator's facts are read as unordered pairs of names, and A-B connectivity follows the pairs."""
 
 import importlib.util
@@ -25,7 +25,7 @@ def tokenizer():
 def test_story_pairs_follow_each_edge_mode(tokenizer):
     text = "Story: [Frank] took his son [Charles] and daughter <Beverly>. She likes {Di}."
     seen = Counter({"son": 5, "daughter": 5, "likes": 5})  # an unseen word before a name would end a sentence
-    words = quality.screen.link_words(tokenizer)
+    words = quality.link_words(tokenizer)
     pairs = {mode: {tuple(sorted(p)) for p in quality.story_pairs(text, tokenizer, mode, seen, words)}
              for mode in ("subject", "adjacent", "sentence")}
     assert pairs["subject"] == {("Charles", "Frank"), ("Beverly", "Frank"), ("Di", "Frank")}

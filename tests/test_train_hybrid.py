@@ -73,7 +73,7 @@ def test_trains_exports_and_reloads_with_the_same_results(tmp_path, bert):
     cfg = train_hybrid.load_config(train_hybrid.HybridTrainConfig, out / "config.yaml")
     task = train_hybrid.make_task(cfg.task)
     examples = train_hybrid.tokenize_sets(cfg, task.tests, tokenizer, model.backbone, task.level,
-                                          task.single_token_words)["test"]
+                                          task.single_token_words, model.config)["test"]
     pad_to = max(len(examples[i]["input_ids"]) for i in range(len(examples)))
     batches = padded_batches(examples, TextCollator(tokenizer.pad_token_id, pad_to=pad_to), global_batch_size=16)
     again = evaluate(model.act_loss(), batches, halt_max_steps=2)

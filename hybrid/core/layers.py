@@ -151,6 +151,9 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 # Per-token batch keys of entity-graph attention: the sentence a token is in and the bracketed name it belongs to.
 GRAPH_KEYS = ("segment_ids", "entity_ids")
+# The person graph (hybrid.models.people) also reads each token's sentence as written, before one-person sentences
+# are joined to the one before (its segment_ids are the joined sentences).
+PERSON_KEYS = (*GRAPH_KEYS, "sentence_ids")
 
 
 def entity_graph_mask(attention_mask: Tensor, segment_ids: Tensor, entity_ids: Tensor) -> Tensor:

@@ -21,6 +21,8 @@ from pathlib import Path
 import pandas as pd
 from datasets import Dataset
 
+from hybrid.data.people import split_run_on_sentences, words_before_names
+
 INPUT_COLUMNS = ("story", "query")
 LABEL_COLUMN = "target_text"
 SET_COLUMN = "task_name"  # task_<noise>.<k>: which held-out set a row belongs to, never part of the input
@@ -133,6 +135,7 @@ def load_clutrr(
     num_train: int | None = None,
     max_train_k: int | None = None,
     seed: int = 0,
+    split_run_ons: bool = False,
 ) -> tuple[Dataset, dict[str, Dataset]]:
     """(train, held-out sets) with relation names as labels: `k=2` .. `k=10` from test.csv (one set per k present)
     and `noise_none`, `noise_supporting`, ... from test_noise.csv.
@@ -140,7 +143,8 @@ def load_clutrr(
     source: a folder holding train.csv, test.csv and optionally test_noise.csv (default `default_data_dir()`), or a
     Hugging Face Hub dataset id (`owner/name[:config]`) with the same columns. num_train: a seeded random subset of
     that many training stories (None: all). max_train_k: train only on stories with k <= this. question,
-    mark_query: see `clutrr_text`.
+    mark_query: see `clutrr_text`. split_run_ons: end a sentence where a stitched story lacks a full stop
+    (`hybrid.data.people.split_run_on_sentences`, with word counts from the training stories used).
     """
     source = default_data_dir() if source is None else source
     folder = Path(source).expanduser()
@@ -159,6 +163,11 @@ def load_clutrr(
             raise ValueError(f"{source}: no training story has k <= max_train_k={max_train_k}")
     if num_train is not None and num_train < len(train):
         train = train.select(sorted(random.Random(seed).sample(range(len(train)), num_train)))
+    if split_run_ons:
+        seen = words_before_names(train["text"])
+        train, *held_out = (s.map(lambda row: {"text": split_run_on_sentences(row["text"], seen)})
+                            for s in (train, built["test"], built.get("test_noise")) if s is not None)
+        built |= dict(zip(("test", "test_noise"), held_out))
     tests = {f"k={k}": subset for k, subset in _by(built["test"], "k", sorted(set(built["test"]["k"])))}
     if "test_noise" in built:
         present = set(built["test_noise"]["noise"])

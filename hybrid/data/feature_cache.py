@@ -2,8 +2,9 @@
 
 Only for a frozen backbone (with LoRA the features change every step). Each entry is keyed by a hash of
 (backbone fingerprint, text, token ids), where the fingerprint covers the backbone's name, its config, a sample of its
-weights, the hidden-state layers read and the tokenizer (name and vocabulary): change any of them and the cache
-misses instead of serving stale features.
+weights, the hidden-state layers read, the tokenizer (name and vocabulary) and whether each sentence is read alone
+(`sentence_local`, the person-graph heads; the sentences are then part of the key): change any of them and the
+cache misses instead of serving stale features.
 
 Features are stored in half precision by default (float16; bfloat16 where a backbone's activations overflow float16's
 range) in Arrow files, the format of `datasets`, which memory-maps them: the operating system pages features in as
@@ -33,7 +34,7 @@ from torch.utils.data import Dataset as TorchDataset
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from hybrid.models.backbones import backbone_hidden_states
+from hybrid.models.backbones import backbone_hidden_states, sentence_hidden_states
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def backbone_fingerprint(
-    model: nn.Module, tokenizer: PreTrainedTokenizerBase, *, layers: list[int], backbone_name: str
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, *, layers: list[int], backbone_name: str,
+    sentence_local: bool = False,
 ) -> str:
     parts = [
         backbone_name,
@@ -67,7 +69,7 @@ def backbone_fingerprint(
         weights_fingerprint(model),
         json.dumps(list(layers)),
         tokenizer_fingerprint(tokenizer),
-    ]
+    ] + (["sentence-local"] if sentence_local else [])
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -102,6 +104,7 @@ class FeatureCache:
         world_size: int = 1,
         barrier: Callable[[], None] | None = None,
         progress: bool = True,
+        sentence_local: bool = False,
     ):
         if any(p.requires_grad for p in model.parameters()):
             raise ValueError("the feature cache needs a frozen backbone; this one has trainable parameters (LoRA?)")
@@ -116,8 +119,10 @@ class FeatureCache:
         self.layers = list(layers)
         self.batch_size = batch_size
         self.dtype = dtype
+        self.sentence_local = sentence_local
         name = backbone_name if backbone_name is not None else model.config.name_or_path
-        self.fingerprint = backbone_fingerprint(model, tokenizer, layers=self.layers, backbone_name=name)
+        self.fingerprint = backbone_fingerprint(model, tokenizer, layers=self.layers, backbone_name=name,
+                                                sentence_local=sentence_local)
         if cache_dir is None:
             self.folder = Path(tempfile.mkdtemp(prefix="hybrid-features-"))
             weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)
@@ -136,8 +141,8 @@ class FeatureCache:
         if self._rows:
             logger.info("feature cache: %d entries in %s", len(self._rows), self.folder)
 
-    def key(self, text: str, input_ids: list[int]) -> str:
-        ids = np.asarray(input_ids, dtype=np.int64).tobytes()
+    def key(self, text: str, input_ids: list[int], segment_ids: list[int] | None = None) -> str:
+        ids = np.asarray(input_ids if segment_ids is None else [*input_ids, *segment_ids], dtype=np.int64).tobytes()
         return hashlib.sha256(self.fingerprint.encode() + text.encode() + ids).hexdigest()
 
     def _reload(self) -> None:
@@ -165,16 +170,24 @@ class FeatureCache:
         return values[start:stop].view(length, (stop - start) // length)
 
     @torch.no_grad()
-    def _compute(self, examples: list[list[int]]) -> list[np.ndarray]:
-        """Backbone features of one batch of `examples`, in their order, as flat arrays of the stored type."""
+    def _compute(self, examples: list[tuple[list[int], list[int] | None]]) -> list[np.ndarray]:
+        """Backbone features of one batch of `examples` (input ids, segment ids), in their order, as flat arrays of
+        the stored type."""
         device = next(self.model.parameters()).device
-        length = max(len(ids) for ids in examples)
+        length = max(len(ids) for ids, _ in examples)
         input_ids = torch.full((len(examples), length), self.tokenizer.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros(len(examples), length, dtype=torch.long)
-        for row, ids in enumerate(examples):
+        segment_ids = torch.full((len(examples), length), -1, dtype=torch.long)
+        for row, (ids, segments) in enumerate(examples):
             input_ids[row, : len(ids)] = torch.as_tensor(ids)
             attention_mask[row, : len(ids)] = 1
-        hidden = backbone_hidden_states(self.model, input_ids.to(device), attention_mask.to(device), self.layers)
+            if segments is not None:
+                segment_ids[row, : len(ids)] = torch.as_tensor(segments)
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        if self.sentence_local:
+            hidden = sentence_hidden_states(self.model, input_ids, attention_mask, segment_ids.to(device), self.layers)
+        else:
+            hidden = backbone_hidden_states(self.model, input_ids, attention_mask, self.layers)
         stored = hidden.to(DTYPES[self.dtype])
         if not torch.isfinite(stored).all() and torch.isfinite(hidden).all():
             raise ValueError(
@@ -182,12 +195,12 @@ class FeatureCache:
                 "store them as bfloat16 or float32"
             )
         stored = stored.cpu().view(_STORED[self.dtype][1])
-        return [stored[row, : len(ids)].reshape(-1).numpy() for row, ids in enumerate(examples)]
+        return [stored[row, : len(ids)].reshape(-1).numpy() for row, (ids, _) in enumerate(examples)]
 
-    def _write_part(self, items: list[tuple[str, list[int]]]) -> None:
-        """Compute `items` (key, input ids), longest first so that each backbone batch holds similar lengths and the
+    def _write_part(self, items: list[tuple[str, tuple[list[int], list[int] | None]]]) -> None:
+        """Compute `items` (key, (input ids, segment ids)), longest first so that each backbone batch holds similar lengths and the
         largest batch comes first, and write them as one part, atomically (a reader never sees half a part)."""
-        items = sorted(items, key=lambda item: -len(item[1]))
+        items = sorted(items, key=lambda item: -len(item[1][0]))
         numpy_type, _ = _STORED[self.dtype]
         name = f"part-{uuid.uuid4().hex}"
         staging = self.folder / f"{name}.tmp"
@@ -200,14 +213,14 @@ class FeatureCache:
                     group = items[start : start + per_write]
                     flats = []
                     for first in range(0, len(group), self.batch_size):
-                        flats += self._compute([ids for _, ids in group[first : first + self.batch_size]])
+                        flats += self._compute([example for _, example in group[first : first + self.batch_size]])
                         bar.update(min(self.batch_size, len(group) - first))
                     offsets = np.cumsum([0] + [len(f) for f in flats], dtype=np.int64)
                     values = pa.array(np.concatenate(flats).astype(numpy_type, copy=False))
                     batch = pa.record_batch(
                         [
                             pa.array([key for key, _ in group], type=pa.string()),
-                            pa.array([len(ids) for _, ids in group], type=pa.int32()),
+                            pa.array([len(ids) for _, (ids, _) in group], type=pa.int32()),
                             pa.LargeListArray.from_arrays(pa.array(offsets), values),
                         ],
                         names=["key", "length", "features"],
@@ -223,10 +236,14 @@ class FeatureCache:
 
     def attach(self, dataset: Dataset) -> "CachedFeatureDataset":
         """A torch dataset of `dataset`'s examples (with `text` and `input_ids`) plus their `features`: the ones not
-        cached yet are computed now (this rank's share of them, with a progress bar) and stored."""
+        cached yet are computed now (this rank's share of them, with a progress bar) and stored. Sentence-local
+        features also need `segment_ids`."""
         input_ids = list(dataset["input_ids"])
-        keys = [self.key(text, ids) for text, ids in zip(dataset["text"], input_ids, strict=True)]
-        missing = {key: ids for key, ids in zip(keys, input_ids) if key not in self._rows}
+        if self.sentence_local and "segment_ids" not in dataset.column_names:
+            raise ValueError("sentence-local features need the dataset's segment_ids (tokenize with entity_graph=True)")
+        segments = list(dataset["segment_ids"]) if self.sentence_local else [None] * len(input_ids)
+        keys = [self.key(*example) for example in zip(dataset["text"], input_ids, segments, strict=True)]
+        missing = {key: (ids, seg) for key, ids, seg in zip(keys, input_ids, segments) if key not in self._rows}
         self.misses += sum(key in missing for key in keys)
         self.hits += sum(key not in missing for key in keys)
         mine = list(missing.items())[self.rank :: self.world_size]

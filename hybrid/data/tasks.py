@@ -37,11 +37,12 @@ class HybridTaskConfig:
     # Hub dataset id owner/name[:config]; default $HYBRID_DATA_DIR/clutrr. `question` puts "Question: how is [B]
     # related to [A]?" first (before the story), last, or nowhere (none: needs mark_query); `mark_query` writes every
     # mention of the two queried people as <A> and {B} instead of [A] and [B]; `max_train_k` keeps training stories
-    # with k <= it.
+    # with k <= it; `split_run_ons` ends a sentence where a stitched story lacks a full stop (the person-graph heads).
     data_dir: str | None = None
     question: Literal["first", "last", "none"] = "first"
     mark_query: bool = False
     max_train_k: int | None = None
+    split_run_ons: bool = False
     # user: your own CSV / JSON / Parquet files
     train_file: str | None = None
     test_file: str | None = None
@@ -98,7 +99,8 @@ def _make(t: HybridTaskConfig) -> TaskData:
         return TaskData(train, tests, "sequence", 2, id2label=["no", "yes"])
     if t.name == "clutrr":
         train, tests = load_clutrr(t.data_dir, question=t.question, mark_query=t.mark_query,
-                                   num_train=t.num_train, max_train_k=t.max_train_k, seed=t.seed)
+                                   num_train=t.num_train, max_train_k=t.max_train_k, seed=t.seed,
+                                   split_run_ons=t.split_run_ons)
         return _encoded(train, tests, "sequence", num_labels=None, source=str(t.data_dir or default_data_dir()))
     if t.train_file is None or t.test_file is None:
         raise ValueError("task.name=user needs task.train_file and task.test_file")

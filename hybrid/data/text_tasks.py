@@ -20,7 +20,8 @@ from datasets import Dataset, load_dataset
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from hybrid.core.layers import GRAPH_KEYS
+from hybrid.core.layers import PERSON_KEYS
+from hybrid.data.people import join_one_person_sentences
 from hybrid.core.losses import IGNORE_LABEL_ID
 from hybrid.data.sudoku import BOXES, generate_puzzles
 
@@ -338,13 +339,18 @@ def tokenize_dataset(
     max_length: int | None,
     single_token_words: bool = False,
     entity_graph: bool = False,
+    join_sentences: bool = False,
 ) -> Dataset:
     """Add `input_ids` and `labels` (token level) or `label` (sequence level); with `entity_graph`, also each token's
-    `segment_ids` and `entity_ids` (`entity_graph_ids`). Checks every example before training: a text longer than
+    `segment_ids` and `entity_ids` (`entity_graph_ids`), and with `join_sentences` (the person graph) its
+    `sentence_ids` as written while `segment_ids` join one-person sentences to the one before
+    (`hybrid.data.people.join_one_person_sentences`). Checks every example before training: a text longer than
     `max_length` tokens (the backbone's limit; see `backbone_max_length`) is an error, never silently truncated, and
     with `entity_graph` a text without a bracketed name is an error (its tokens would see only their sentence)."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+    if join_sentences and not entity_graph:
+        raise ValueError("join_sentences joins the entity graph's sentences: set entity_graph=True too")
     if not tokenizer.is_fast:
         raise ValueError(f"{type(tokenizer).__name__} is a slow tokenizer; label alignment needs character offsets")
     expected = "labels" if level == "token" else "label"
@@ -366,6 +372,9 @@ def tokenize_dataset(
             out["segment_ids"], out["entity_ids"] = entity_graph_ids(example["text"], encoding["offset_mapping"])
             if not any(out["entity_ids"]):
                 raise ValueError(f"example {index}: no bracketed name ([Name], <Name> or {{Name}}) for the entity graph")
+            if join_sentences:
+                out["sentence_ids"] = out["segment_ids"]
+                out["segment_ids"] = join_one_person_sentences(out["segment_ids"], out["entity_ids"])
         if max_length is not None and len(out["input_ids"]) > max_length:
             raise ValueError(
                 f"example {index}: {len(out['input_ids'])} tokens, more than the backbone's maximum of {max_length}"
@@ -377,8 +386,8 @@ def tokenize_dataset(
 
 @dataclass
 class TextCollator:
-    """Pads examples (`input_ids`, `labels` or `label`, optionally `features` and the entity graph's `segment_ids`
-    and `entity_ids`) into a batch dict.
+    """Pads examples (`input_ids`, `labels` or `label`, optionally `features` and the entity or person graph's
+    `segment_ids`, `entity_ids`, `sentence_ids`) into a batch dict.
 
     pad_to: None pads to the longest example; an int pads every batch to that length, which the ACT training loop
     needs (a slot keeps its rows across steps, so every batch must have the same shape).
@@ -405,9 +414,9 @@ class TextCollator:
                 batch["labels"][row, :n] = torch.as_tensor(example["labels"])
         elif "label" in examples[0]:
             batch["labels"] = torch.as_tensor([e["label"] for e in examples], dtype=torch.long)
-        for key in GRAPH_KEYS:
+        for key in PERSON_KEYS:
             if key in examples[0]:
-                batch[key] = torch.full((batch_size, length), -1 if key == "segment_ids" else 0, dtype=torch.long)
+                batch[key] = torch.full((batch_size, length), 0 if key == "entity_ids" else -1, dtype=torch.long)
                 for row, (example, n) in enumerate(zip(examples, lengths)):
                     batch[key][row, :n] = torch.as_tensor(example[key])
         if "features" in examples[0]:

@@ -106,7 +106,7 @@ def research_batches(
 
     from datasets import DatasetDict, load_from_disk
 
-    from hybrid.core.layers import GRAPH_KEYS
+    from hybrid.core.layers import GRAPH_KEYS, PERSON_KEYS
     from hybrid.data.text_tasks import TextCollator
 
     dataset = load_from_disk(str(data))
@@ -116,14 +116,15 @@ def research_batches(
         dataset = dataset[split]
     hf_model = model.hf_model
     label_column = "labels" if hf_model.config.task == "token" else "label"
-    # An entity-graph head also reads each token's sentence and name (tokenize_dataset(..., entity_graph=True)).
-    columns = ["input_ids", label_column, *(GRAPH_KEYS if hf_model.config.entity_graph else ())]
+    # Entity- and person-graph heads also read each token's sentence and name (tokenize_dataset(..., entity_graph=True,
+    # join_sentences=True for the person graph)).
+    graph = PERSON_KEYS if hf_model.config.person_graph else GRAPH_KEYS if hf_model.config.entity_graph else ()
+    columns = ["input_ids", label_column, *graph]
     missing = set(columns) - set(dataset.column_names)
     if missing:
-        raise ValueError(
-            f"{data}: missing columns {sorted(missing)} (it has {dataset.column_names}); save a dataset tokenized with "
-            "hybrid.data.text_tasks.tokenize_dataset" + (" (entity_graph=True)" if hf_model.config.entity_graph else "")
-        )
+        flags = " (entity_graph=True" + (", join_sentences=True)" if hf_model.config.person_graph else ")") if graph else ""
+        raise ValueError(f"{data}: missing columns {sorted(missing)} (it has {dataset.column_names}); save a dataset "
+                         f"tokenized with hybrid.data.text_tasks.tokenize_dataset{flags}")
     pad = hf_model.pad_token_id
     if pad is None:
         raise ValueError(f"{model.source}: the backbone config has no pad_token_id to pad text batches with")
@@ -138,7 +139,7 @@ def research_batches(
                 # Once per batch, not at each of up to hundreds of supervision steps: a frozen backbone's features
                 # never change (the same reuse as training's feature cache).
                 with torch.no_grad():
-                    batch["features"] = hf_model.backbone_features(batch["input_ids"], batch["attention_mask"])
+                    batch["features"] = hf_model.reasoner.encoder.batch_features(batch)
             yield batch, torch.ones(hi - lo, dtype=torch.bool)
 
 

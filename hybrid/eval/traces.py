@@ -171,9 +171,26 @@ def plot_changes(changes: dict[str, Tensor], path) -> Path:
     return path
 
 
+@torch.no_grad()
+def walk_trace(hf_model, batch: Batch) -> list[dict[str, list[int]]]:
+    """A person-graph chain head's walk out from A for a one-row batch, one entry per step: the people (entity ids)
+    first reached then and the relation class the output layer reads from each one's state. Every person's state
+    answers "how is this person related to A?" as B's does (the core treats them alike), so the walk shows the
+    answer forming along the chain, not only at B."""
+    reasoner = hf_model.reasoner
+    graph, _ = reasoner.encoder(batch)
+    steps = []
+    for h, new in reasoner.core.walk(graph):
+        people = new[0].nonzero().flatten()
+        logits = reasoner.heads.output(reasoner.core.readout(h[0, people]))
+        steps.append({"people": people.tolist(), "relations": logits.argmax(-1).tolist()})
+    return steps
+
+
 def _check_row(trace: Trace, row: int) -> None:
     if not 0 <= row < trace.preds.shape[1]:
         raise ValueError(f"row {row} is outside the traced batch of {trace.preds.shape[1]} examples")
 
 
-__all__ = ["Trace", "latent_names", "plot_changes", "record_trace", "render_grid_trace", "render_token_table"]
+__all__ = ["Trace", "latent_names", "plot_changes", "record_trace", "render_grid_trace", "render_token_table",
+           "walk_trace"]

@@ -17,6 +17,10 @@ DEFAULT_BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
 
 HEADS = ("recursive", *BASELINE_KINDS)
 TASKS = ("token", "sequence")
+PERSON_CORE = "chain"  # the recursive core of person_graph (hybrid.models.people.ChainCore)
+# English words that link a name to its sentence's subject (person_graph's default subject_conjunctions / _possessives)
+SUBJECT_CONJUNCTIONS = ("and", ", and")
+SUBJECT_POSSESSIVES = ("his", "her")
 
 
 @strict(accept_kwargs=True)
@@ -27,7 +31,7 @@ class HybridRecursiveConfig(PreTrainedConfig):
     backbone_layers: indices into the backbone's `hidden_states` (0 = embeddings, -1 = last layer); several layers
         are concatenated along the feature axis before the projection into the head's width.
     head: "recursive" (the core below) or a baseline: "linear", "mlp", "transformer" (see `hybrid.models.baselines`).
-    core: "trm", "hrm" or "trm_singlez" (TRM's single-latent ablation).
+    core: "trm", "hrm" or "trm_singlez" (TRM's single-latent ablation); "chain" with `person_graph`.
     hidden_size, num_heads, expansion, rms_norm_eps: width, attention heads and SwiGLU expansion of the head's blocks.
     H_cycles, L_cycles: T and n of one supervision step. L_layers: blocks of the TRM network (HRM's L network);
         H_layers: blocks of HRM's H network (unused by TRM).
@@ -53,6 +57,17 @@ class HybridRecursiveConfig(PreTrainedConfig):
         with recursion, with depth at test time. Batches need `segment_ids` and `entity_ids`
         (`hybrid.data.text_tasks.entity_graph_ids`; the training recipe adds them). Heads with attention only
         ("recursive", "transformer").
+    person_graph: the head reasons over the text's people (its bracketed names) instead of its tokens
+        (`hybrid.models.people`): the backbone reads each sentence alone, people named in one sentence are linked, and
+        each link gets a relation vector. head="recursive" with core="chain" walks out from A one person per step
+        with shared weights (a longer chain takes more steps); head="transformer" is `L_layers` graph layers over all
+        people at once. `readout_tokens` name A's and B's marks (CLUTRR's mark_query: ["<", "{"]). Sequence task, one
+        supervision step (halt_max_steps=1). Batches need `segment_ids`, `entity_ids` and `sentence_ids`
+        (`tokenize_dataset(..., entity_graph=True, join_sentences=True)`; the training recipe adds them).
+    subject_conjunctions, subject_possessives (person_graph): a name after one of these conjunctions, or after the
+        sentence subject's own possessive, is linked to the subject rather than to the name before it
+        (`hybrid.models.people.mention_pairs`); [] turns the rule off. Their token ids (`subject_conjunction_ids`,
+        `subject_possessive_ids`) are filled by `resolve_readout_tokens`.
     backbone_in_checkpoint: written by `save_pretrained`: whether the saved weights include the backbone's.
     """
 
@@ -86,13 +101,18 @@ class HybridRecursiveConfig(PreTrainedConfig):
     readout_tokens: list[str] | None = None
     readout_token_ids: list[int] | None = None
     entity_graph: bool = False
+    person_graph: bool = False
+    subject_conjunctions: list[str] | None = None
+    subject_possessives: list[str] | None = None
+    subject_conjunction_ids: list[list[int]] | None = None
+    subject_possessive_ids: list[int] | None = None
     backbone_in_checkpoint: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.backbone_layers is None:
             self.backbone_layers = [-1]
-        choices = {"head": HEADS, "core": RECURSIVE_KINDS, "task": TASKS, "loss_type": tuple(LOSS_FUNCTIONS)}
+        choices = {"head": HEADS, "core": (*RECURSIVE_KINDS, PERSON_CORE), "task": TASKS, "loss_type": tuple(LOSS_FUNCTIONS)}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"HybridRecursiveConfig.{key} must be one of {allowed}, got {getattr(self, key)!r}")
@@ -128,20 +148,45 @@ class HybridRecursiveConfig(PreTrainedConfig):
         if self.entity_graph and self.head not in ("recursive", "transformer"):
             raise ValueError(f"HybridRecursiveConfig.entity_graph shapes attention; the {self.head!r} head has none "
                              "(use head='recursive' or 'transformer')")
+        if self.person_graph:
+            self._check_person_graph()
+        elif self.core == PERSON_CORE and self.head == "recursive":
+            raise ValueError(f"HybridRecursiveConfig.core={PERSON_CORE!r} reasons over people: set person_graph=True")
         if self.readout_token_ids is not None and len(self.readout_token_ids) != len(self.readout_tokens or []):
             raise ValueError(f"HybridRecursiveConfig.readout_token_ids {self.readout_token_ids} must hold one id per "
                              f"readout token {self.readout_tokens}")
 
+    def _check_person_graph(self) -> None:
+        fix = {"task": ("sequence", self.task == "sequence"), "head": ("recursive or transformer",
+               self.head in ("recursive", "transformer")), "halt_max_steps": (1, self.halt_max_steps == 1),
+               "entity_graph": (False, not self.entity_graph),
+               "readout_tokens": ("A's and B's marks, e.g. ['<', '{']", len(self.readout_tokens or []) == 2)}
+        if self.head == "recursive":
+            fix["core"] = (PERSON_CORE, self.core == PERSON_CORE)
+        for key, (wanted, ok) in fix.items():
+            if not ok:
+                raise ValueError(f"HybridRecursiveConfig.person_graph needs {key}={wanted}, got {getattr(self, key)!r}")
+        if self.subject_conjunctions is None:
+            self.subject_conjunctions = list(SUBJECT_CONJUNCTIONS)
+        if self.subject_possessives is None:
+            self.subject_possessives = list(SUBJECT_POSSESSIVES)
+
     def resolve_readout_tokens(self, tokenizer) -> None:
-        """Fill `readout_token_ids` from `tokenizer`; each readout token must be one token of its vocabulary."""
-        ids = []
-        for token in self.readout_tokens or []:
-            pieces = tokenizer.tokenize(token)
-            if len(pieces) != 1 or tokenizer.convert_tokens_to_ids(pieces[0]) == tokenizer.unk_token_id:
-                raise ValueError(f"readout token {token!r} is not one token of the backbone's tokenizer "
-                                 f"(it gives {pieces}); pick a marker the tokenizer keeps whole")
-            ids.append(tokenizer.convert_tokens_to_ids(pieces[0]))
-        self.readout_token_ids = ids or None
+        """Fill `readout_token_ids` (and, with person_graph, the subject words' ids) from `tokenizer`; each readout
+        token and possessive must be one token of its vocabulary."""
+        self.readout_token_ids = [_one_token(tokenizer, t, "readout token") for t in self.readout_tokens or []] or None
+        if self.person_graph:
+            self.subject_conjunction_ids = [tokenizer.convert_tokens_to_ids(tokenizer.tokenize(words))
+                                            for words in self.subject_conjunctions]
+            self.subject_possessive_ids = [_one_token(tokenizer, t, "possessive") for t in self.subject_possessives]
+
+
+def _one_token(tokenizer, token: str, what: str) -> int:
+    pieces = tokenizer.tokenize(token)
+    if len(pieces) != 1 or tokenizer.convert_tokens_to_ids(pieces[0]) == tokenizer.unk_token_id:
+        raise ValueError(f"{what} {token!r} is not one token of the backbone's tokenizer (it gives {pieces}); pick "
+                         "one the tokenizer keeps whole")
+    return tokenizer.convert_tokens_to_ids(pieces[0])
 
 
 __all__ = ["HybridRecursiveConfig", "DEFAULT_BACKBONE"]

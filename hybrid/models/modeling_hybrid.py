@@ -30,12 +30,13 @@ from transformers import (
 from transformers.utils import ModelOutput, cached_file
 
 from hybrid.core.act import Batch, ReasonerOutput
-from hybrid.core.layers import GRAPH_KEYS, CastedLinear, RotaryEmbedding, entity_graph_mask, rms_norm, trunc_normal_init_
+from hybrid.core.layers import PERSON_KEYS, CastedLinear, RotaryEmbedding, trunc_normal_init_
 from hybrid.core.losses import ACTLoss
 from hybrid.core.recursion import Carry, HRMCore, SingleZCore, TRMCore
 from hybrid.core.rollout import rollout
-from hybrid.models.backbones import backbone_hidden_size, backbone_hidden_states, load_backbone
+from hybrid.models.backbones import BackboneEncoder, load_backbone
 from hybrid.models.configuration_hybrid import HybridRecursiveConfig
+from hybrid.models.people import ChainCore, GraphCore, PersonEncoder
 from hybrid.models.reasoner import CoreSpec, OutputHeads, QHead, Reasoner, act_for, build_core
 
 WEIGHTS_NAME = "model.safetensors"
@@ -59,60 +60,6 @@ class HybridRecursiveOutput(ModelOutput):
 
 def is_adapter_key(key: str) -> bool:
     return "lora_" in key
-
-
-class BackboneEncoder(nn.Module):
-    """Batch keys: `input_ids`, `attention_mask`, optionally `token_type_ids`, or `features` (cached backbone hidden
-    states, then the backbone is skipped); with `entity_graph`, `segment_ids` and `entity_ids`. Gives x [B, 1 + L, D]
-    and its mask ([B, 1 + L] key padding, or [B, 1 + L, 1 + L] with `entity_graph`), the register first."""
-
-    def __init__(self, backbone: nn.Module, layers: list[int], hidden_size: int, rms_norm_eps: float,
-                 entity_graph: bool = False):
-        super().__init__()
-        self.entity_graph = entity_graph
-        self.backbone = backbone
-        self.layers = list(layers)
-        self.eps = rms_norm_eps
-        self.proj = CastedLinear(backbone_hidden_size(backbone.config) * len(self.layers), hidden_size)
-        self.register_token = nn.Parameter(trunc_normal_init_(torch.empty(hidden_size), std=1.0))
-
-    @property
-    def frozen(self) -> bool:
-        return not any(p.requires_grad for p in self.backbone.parameters())
-
-    def train(self, mode: bool = True):
-        """The backbone stays in eval mode (no dropout), frozen or LoRA-tuned, so cached and live features agree."""
-        super().train(mode)
-        self.backbone.eval()
-        return self
-
-    def features(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
-        """[B, L, D_backbone * len(layers)]; without gradient when the backbone is frozen."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            return backbone_hidden_states(self.backbone, input_ids, attention_mask, self.layers, token_type_ids)
-
-    def latent_shape(self, batch: Batch) -> tuple[int, int]:
-        batch_size, length = batch["input_ids"].shape
-        return batch_size, length + 1
-
-    def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        features = batch.get("features")
-        if features is None:
-            features = self.features(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        # Unit RMS per token, as pure mode's sqrt(D)-scaled embeddings: backbones' hidden states differ in scale by
-        # orders of magnitude (MiniLM about 0.5, GPT-2's last layers in the hundreds), and input injection needs x
-        # comparable to the carried latents (init RMS 1); at RMS 0.5 the recursive head never left chance on chain
-        # reasoning while the transformer head learned it (docs/results.md).
-        x = rms_norm(self.proj(features.float()), self.eps)
-        x = torch.cat([self.register_token.expand(x.shape[0], 1, -1), x], dim=1)
-        mask = batch["attention_mask"].bool()
-        if self.entity_graph:
-            missing = [key for key in GRAPH_KEYS if key not in batch]
-            if missing:
-                raise ValueError(f"an entity-graph head needs batch keys {list(GRAPH_KEYS)}; missing {missing} "
-                                 "(tokenize with entity_graph=True)")
-            return x, entity_graph_mask(mask, batch["segment_ids"], batch["entity_ids"])
-        return x, torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
 
 
 class TextReasoner(Reasoner):
@@ -149,6 +96,20 @@ def core_spec(config: HybridRecursiveConfig) -> CoreSpec:
     kind = config.core if config.head == "recursive" else config.head
     layers = config.L_layers + (config.H_layers if config.head == "transformer" and config.core == "hrm" else 0)
     return CoreSpec.from_config(config, kind, L_layers=layers)
+
+
+def _person_graph_parts(config: HybridRecursiveConfig, backbone: nn.Module) -> tuple[nn.Module, nn.Module, OutputHeads]:
+    """Encoder, core and output layer of a person-graph head (`hybrid.models.people`); the output layer reads B's
+    state, and nothing learns halting (one supervision step)."""
+    if config.subject_possessive_ids is None:
+        raise ValueError("person_graph's subject words have no ids yet: call config.resolve_readout_tokens(tokenizer)")
+    encoder = PersonEncoder(backbone, config.backbone_layers, config.hidden_size, config.rms_norm_eps,
+                            num_heads=config.num_heads, expansion=config.expansion, marks=config.readout_token_ids,
+                            conjunctions=tuple(map(tuple, config.subject_conjunction_ids)),
+                            possessives=tuple(config.subject_possessive_ids))
+    core = ChainCore(config.hidden_size) if config.head == "recursive" else GraphCore(config.hidden_size, config.L_layers)
+    return encoder, core, OutputHeads(config.hidden_size, config.num_labels, skip=1, level="sequence",
+                                      learns_halting=False)
 
 
 def _with_lora(backbone: nn.Module, config: HybridRecursiveConfig) -> nn.Module:
@@ -193,17 +154,19 @@ class HybridRecursivePreTrainedModel(PreTrainedModel):
         for module in backbone.modules():
             module._is_hf_initialized = True
 
-        spec = core_spec(config)
-        encoder = BackboneEncoder(backbone, config.backbone_layers, config.hidden_size, config.rms_norm_eps,
-                                  entity_graph=config.entity_graph)
-        rotary = RotaryEmbedding(config.hidden_size // config.num_heads, MAX_POSITIONS)
-        core = build_core(spec, rotary)
         if config.readout_tokens and config.readout_token_ids is None:
             raise ValueError(f"readout_tokens {config.readout_tokens} have no ids yet: call "
                              "config.resolve_readout_tokens(tokenizer) before building the model")
-        heads = OutputHeads(config.hidden_size, config.num_labels, skip=1, level=self.task,
-                            learns_halting=spec.recursive, readout_ids=tuple(config.readout_token_ids or ()))
-        self.reasoner = TextReasoner(encoder, core, heads)
+        if config.person_graph:
+            self.reasoner = TextReasoner(*_person_graph_parts(config, backbone))
+        else:
+            spec = core_spec(config)
+            encoder = BackboneEncoder(backbone, config.backbone_layers, config.hidden_size, config.rms_norm_eps,
+                                      entity_graph=config.entity_graph)
+            core = build_core(spec, RotaryEmbedding(config.hidden_size // config.num_heads, MAX_POSITIONS))
+            heads = OutputHeads(config.hidden_size, config.num_labels, skip=1, level=self.task,
+                                learns_halting=spec.recursive, readout_ids=tuple(config.readout_token_ids or ()))
+            self.reasoner = TextReasoner(encoder, core, heads)
         self.post_init()
 
     # --- weights -------------------------------------------------------------------------------------------------
@@ -268,17 +231,18 @@ class HybridRecursivePreTrainedModel(PreTrainedModel):
         features: Tensor | None = None,
         segment_ids: Tensor | None = None,
         entity_ids: Tensor | None = None,
+        sentence_ids: Tensor | None = None,
     ) -> HybridRecursiveOutput:
         """All `halt_max_steps` supervision steps from a fresh carry (`hybrid.core.rollout`), the carry detached
         between steps; the backbone runs once. With labels, the loss is the training loss (`ACTLoss`: token loss +
         0.5 * (Q-halt + Q-continue) BCE) divided by the batch size: its mean over the steps in training, the last
-        step's in evaluation. segment_ids, entity_ids: the entity graph (`config.entity_graph`), per token."""
+        step's in evaluation. segment_ids, entity_ids (and sentence_ids): the entity or person graph, per token."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        if features is None:
-            features = self.backbone_features(input_ids, attention_mask, token_type_ids)
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "features": features}
-        batch |= {k: v for k, v in (("segment_ids", segment_ids), ("entity_ids", entity_ids)) if v is not None}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        graph = (("segment_ids", segment_ids), ("entity_ids", entity_ids), ("sentence_ids", sentence_ids))
+        batch |= {k: v for k, v in graph + (("token_type_ids", token_type_ids),) if v is not None}
+        batch["features"] = self.reasoner.encoder.batch_features(batch) if features is None else features
         if labels is not None:
             batch["labels"] = labels
         act_loss = self.act_loss()
@@ -372,8 +336,10 @@ class HybridRecursivePreTrainedModel(PreTrainedModel):
             where = f"fine-tuned from `{c.backbone_name_or_path}`, stored in this folder"
         auto = "AutoModelForTokenClassification" if self.task == "token" else "AutoModelForSequenceClassification"
         readout = ""
-        if c.entity_graph:
-            readout += "\n- Entity-graph attention: inputs need `segment_ids` and `entity_ids` (`entity_graph_ids`)."
+        if c.entity_graph or c.person_graph:
+            keys = ", ".join(f"`{k}`" for k in PERSON_KEYS[: 3 if c.person_graph else 2])
+            kind = "Person-graph head" if c.person_graph else "Entity-graph attention"
+            readout += f"\n- {kind}: inputs need {keys} (`hybrid.data.text_tasks.tokenize_dataset`)."
         if c.readout_tokens:
             readout += f"\n- The classifier reads the register and the mean latent at each of the tokens {c.readout_tokens}."
         lora = f"LoRA rank {c.lora_r} ({adapter_params} adapter parameters, in `{ADAPTER_FOLDER}/`)" if c.lora_r else "frozen"

@@ -73,3 +73,31 @@ def test_main_builds_table_and_plot_from_finished_runs_without_training(tmp_path
     assert (tmp_path / "table.md").read_text().splitlines() == hybrid_heads.table(_clutrr_rows()).splitlines()
     assert (tmp_path / "accuracy_vs_k.png").read_bytes()[:4] == b"\x89PNG"
     assert len(json.loads((tmp_path / "results.json").read_text())) == 6
+
+
+def test_the_person_graph_heads_are_clutrr_heads_from_their_own_config(tmp_path, monkeypatch):
+    import json
+
+    launched = []
+
+    def train(argv):  # a stand-in for recipes/train_hybrid.py: records the launch, writes a run's results.json
+        launched.append(argv)
+        out = Path(next(a for a in argv if a.startswith("run.output_dir=")).split("=", 1)[1])
+        out.mkdir(parents=True)
+        result = {"exact_accuracy": 0.5, "accuracy": 0.5, "count": 10}
+        (out / "results.json").write_text(json.dumps({"trainable_parameters": 1, "steps": 1, "wall_seconds": 1.0,
+                                                      "results": {"k=2": result, "k=4": result}}))
+
+    monkeypatch.setattr(hybrid_heads, "load_recipe", lambda: type("Recipe", (), {"main": staticmethod(train)}))
+    monkeypatch.setattr(hybrid_heads, "training_flops", lambda run_dir: {"head": 1.0, "backbone": 0.0})
+    with pytest.raises(SystemExit):  # argparse's error: Sudoku has no stories for the person graph
+        hybrid_heads.main(["--task", "sudoku", "--heads", "people-chain", "--out", str(tmp_path / "sudoku")])
+    assert not launched
+    hybrid_heads.main(["--task", "clutrr", "--out", str(tmp_path / "clutrr")])
+    configs = {argv[1] for argv in launched[: len(hybrid_heads.HEADS)]}
+    assert configs == {str(hybrid_heads.TASKS["clutrr"])}
+    assert {argv[1] for argv in launched[len(hybrid_heads.HEADS):]} == {str(hybrid_heads.PERSON_CONFIG)}
+    assert len(launched) == len(hybrid_heads.HEADS) + 2
+    assert "model.core=chain" in launched[-2] and "model.L_layers=4" in launched[-1]
+    assert "eval.halt_max_steps=1" in launched[-1] and "feature_cache=disk" in launched[-1]
+    assert "| people-chain |" in (tmp_path / "clutrr" / "table.md").read_text()

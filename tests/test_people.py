@@ -11,11 +11,12 @@ import pytest
 import torch
 from datasets import Dataset
 from test_backbones import make_tiny_backbone
-from test_clutrr import _write
-from test_clutrr_run import depth_per_k
+from test_clutrr import _row, _write
+from test_clutrr_run import depth_per_k, hybrid_heads
 from test_faults import load_recipe
 from test_train_hybrid import overrides, train_hybrid
 
+from hybrid.data.clutrr import load_clutrr
 from hybrid.data.feature_cache import FeatureCache
 from hybrid.data.people import join_one_person_sentences, split_run_on_sentences, words_before_names
 from hybrid.data.text_tasks import TextCollator, tokenize_dataset
@@ -50,6 +51,20 @@ def test_run_on_sentences_are_split_before_a_name_after_a_rare_word_or_a_name():
     text = "Story: [Kim] took her son [Al] to her party [Bo] met [Cy] [Di] ran."
     assert split_run_on_sentences(text, seen) == "Story: [Kim] took her son [Al] to her party. [Bo] met. [Cy]. [Di] ran."
     assert split_run_on_sentences(text, seen, rare=0) == text.replace("[Cy] [Di]", "[Cy]. [Di]")
+
+
+def test_clutrr_splits_run_ons_in_every_set_with_word_counts_from_training_alone(tmp_path):
+    saw = [_row(f"[A{i}] saw [B{i}].", (f"A{i}", f"B{i}"), "son", "task_1.2") for i in range(3)]
+    rows = {"train.csv": saw + [_row("[Cy] met [Di] [Ed] ran.", ("Cy", "Ed"), "son", "task_1.3")],
+            # "met" comes before a name three times here, but only once in training: still rare
+            "test.csv": [_row(f"[F{i}] met [G{i}] [H{i}] saw [J{i}].", (f"F{i}", f"J{i}"), "son", "task_1.4")
+                         for i in range(3)]}
+    train, tests = load_clutrr(_write(tmp_path / "c", rows), question="none", mark_query=True, split_run_ons=True)
+    assert train["text"][0] == "Story: <A0> saw {B0}."  # "saw" is seen three times before a name in training
+    assert train["text"][3] == "Story: <Cy> met. [Di]. {Ed} ran."
+    assert tests["k=4"]["text"][0] == "Story: <F0> met. [G0]. [H0] saw {J0}."
+    unsplit, _ = load_clutrr(tmp_path / "c", question="none", mark_query=True)
+    assert unsplit["text"][3] == "Story: <Cy> met [Di] {Ed} ran."
 
 
 AND, COMMA, HIS, HER = 50, 51, 52, 53
@@ -215,3 +230,6 @@ def test_clutrr_people_config_trains_saves_and_reloads(tmp_path, bert):
     walk = json.loads((tmp_path / "walk" / "trace.json").read_text())["examples"]["0"]
     assert [[p["person"] for p in step] for step in walk["steps"]] == [["{ hal }"]]
     assert walk["steps"][0][0]["relation"] == walk["predicted"]  # B is reached at the last step and read there
+    # The heads table measures FLOPs on a model rebuilt from the run's config, sentence-local features included.
+    flops = hybrid_heads.training_flops(run, examples=2)
+    assert flops["head"] > 0 and flops["backbone"] == 0

@@ -157,13 +157,15 @@ class HybridRecursiveConfig(PreTrainedConfig):
                              f"readout token {self.readout_tokens}")
 
     def _check_person_graph(self) -> None:
-        fix = {"task": ("sequence", self.task == "sequence"), "head": ("recursive or transformer",
-               self.head in ("recursive", "transformer")), "halt_max_steps": (1, self.halt_max_steps == 1),
-               "entity_graph": (False, not self.entity_graph),
-               "readout_tokens": ("A's and B's marks, e.g. ['<', '{']", len(self.readout_tokens or []) == 2)}
-        if self.head == "recursive":
-            fix["core"] = (PERSON_CORE, self.core == PERSON_CORE)
-        for key, (wanted, ok) in fix.items():
+        needs = {  # key: (what person_graph needs, whether it has it)
+            "task": ("sequence", self.task == "sequence"),
+            "head": ("recursive or transformer", self.head in ("recursive", "transformer")),
+            "core": (PERSON_CORE, self.head != "recursive" or self.core == PERSON_CORE),
+            "halt_max_steps": (1, self.halt_max_steps == 1),  # the walk runs inside one supervision step
+            "entity_graph": (False, not self.entity_graph),
+            "readout_tokens": ("A's and B's marks, e.g. ['<', '{']", len(self.readout_tokens or []) == 2),
+        }
+        for key, (wanted, ok) in needs.items():
             if not ok:
                 raise ValueError(f"HybridRecursiveConfig.person_graph needs {key}={wanted}, got {getattr(self, key)!r}")
         if self.subject_conjunctions is None:

@@ -335,12 +335,16 @@ class HybridRecursivePreTrainedModel(PreTrainedModel):
         if c.train_backbone:
             where = f"fine-tuned from `{c.backbone_name_or_path}`, stored in this folder"
         auto = "AutoModelForTokenClassification" if self.task == "token" else "AutoModelForSequenceClassification"
+        shape = f"core `{c.core}`: T = H_cycles = {c.H_cycles}, n = L_cycles = {c.L_cycles}, {c.L_layers} L layers"
         readout = ""
-        if c.entity_graph or c.person_graph:
-            keys = ", ".join(f"`{k}`" for k in PERSON_KEYS[: 3 if c.person_graph else 2])
-            kind = "Person-graph head" if c.person_graph else "Entity-graph attention"
-            readout += f"\n- {kind}: inputs need {keys} (`hybrid.data.text_tasks.tokenize_dataset`)."
-        if c.readout_tokens:
+        if c.person_graph:
+            shape = ("the chain core, one shared step per person out from A" if c.head == "recursive"
+                     else f"{c.L_layers} graph layers") + " over the text's people"
+            readout += (f"\n- Person-graph head: A and B are the people marked {c.readout_tokens}; inputs need "
+                        f"{', '.join(f'`{k}`' for k in PERSON_KEYS)} (`hybrid.data.text_tasks.tokenize_dataset`).")
+        elif c.entity_graph:
+            readout += "\n- Entity-graph attention: inputs need `segment_ids` and `entity_ids` (`entity_graph_ids`)."
+        if c.readout_tokens and not c.person_graph:
             readout += f"\n- The classifier reads the register and the mean latent at each of the tokens {c.readout_tokens}."
         lora = f"LoRA rank {c.lora_r} ({adapter_params} adapter parameters, in `{ADAPTER_FOLDER}/`)" if c.lora_r else "frozen"
         lora = "every weight trained" if c.train_backbone else lora
@@ -350,8 +354,7 @@ tags: [hybrid-recursive, {c.core}, recursive-reasoning]
 ---
 # {type(self).__name__}
 
-A recursive reasoning head (`{c.head}` head, core `{c.core}`: T = H_cycles = {c.H_cycles}, n = L_cycles = {c.L_cycles},
-{c.L_layers} L layers, width {c.hidden_size}) on the backbone `{c.backbone_name_or_path}` (hidden states
+A recursive reasoning head (`{c.head}` head, {shape}, width {c.hidden_size}) on the backbone `{c.backbone_name_or_path}` (hidden states
 {c.backbone_layers}), for {c.task}-level classification into {c.num_labels} classes, trained with deep supervision
 (up to {c.halt_max_steps} steps, loss `{c.loss_type}`).
 

@@ -87,6 +87,13 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v[:, :length] if v.ndim >= 2 else v for k, v in batch.items()}  # sequence labels [1] stay
 
 
+def first_mention(tokenizer, ids: torch.Tensor, entities: torch.Tensor, entity: int) -> str:
+    """The text of an entity's first mention (its first run of consecutive tokens)."""
+    at = (entities == entity).nonzero().flatten().tolist()
+    span = [p for i, p in enumerate(at) if p == at[0] + i]
+    return tokenizer.decode(ids[span]).strip()
+
+
 def trace_walks(model, args, tokenizer) -> None:
     """The chain head's walk for each picked example (see the module docstring)."""
     config = model.hf_model.config
@@ -100,7 +107,7 @@ def trace_walks(model, args, tokenizer) -> None:
     for index, batch in sorted(pick_examples(model, args).items()):
         batch = trim_padding(batch)
         ids, entities = batch["input_ids"][0], batch["entity_ids"][0]
-        name = {e: tokenizer.decode(ids[entities == e][:8]).strip() for e in entities.unique().tolist() if e > 0}
+        name = {e: first_mention(tokenizer, ids, entities, e) for e in entities.unique().tolist() if e > 0}
         walk = walk_trace(model.hf_model, batch)
         predicted = model.hf_model(**batch).logits.argmax(-1).item()
         summary[index] = {"label": config.id2label[int(batch["labels"][0])], "predicted": config.id2label[predicted],

@@ -73,17 +73,31 @@ def test_two_processes_equal_one(tmp_path):
     assert moved > 5
 
 
+def _people_task(folder: Path) -> list[str]:
+    """A CLUTRR folder of 32 two-fact training stories for the person-graph head, as its task overrides."""
+    from test_clutrr import _row, _write
+
+    stories = [_row(f"[A{i}] met her son [B{i}]. [B{i}] has a son [C{i}].", (f"A{i}", f"C{i}"),
+                    "grandson", "task_1.2") for i in range(32)]
+    rows = {"train.csv": stories, "test.csv": stories[:4]}
+    return [f"task.data_dir={_write(folder, rows)}", "model.halt_max_steps=1", "model.readout_tokens=['<', '{']"]
+
+
 @pytest.mark.multiprocess
-def test_hybrid_two_processes_equal_one(tmp_path):
-    """The hybrid recipe on the same loop: 2 ranks with half the batch each end with one rank's weights."""
+@pytest.mark.parametrize("config", ["default", "clutrr_people"])
+def test_hybrid_two_processes_equal_one(tmp_path, config):
+    """The hybrid recipe on the same loop: 2 ranks with half the batch each end with one rank's weights (the
+    person-graph head too). The person-graph run's held-out set has 4 stories, so rank 1's share is padding only: its
+    evaluation must still join the sum across ranks (it once returned early and left rank 0 waiting)."""
     from test_backbones import make_tiny_backbone
 
     bert = make_tiny_backbone("bert", tmp_path / "bert")
     common = [
-        "--config", str(REPO / "configs" / "hybrid" / "default.yaml"), f"model.backbone_name_or_path={bert}", "run.trackers=[]",
-        "run.progress_bar=false", "model.hidden_size=32", "model.num_heads=2", "model.L_layers=1",
+        "--config", str(REPO / "configs" / "hybrid" / f"{config}.yaml"), f"model.backbone_name_or_path={bert}",
+        "run.trackers=[]", "run.progress_bar=false", "model.hidden_size=32", "model.num_heads=2", "model.L_layers=1",
         "model.halt_max_steps=2", "model.halt_exploration_prob=0.0", "task.num_train=64", "task.num_test=16",
         "training.global_batch_size=16", "training.total_steps=6", "training.lr_warmup_steps=2", "eval.interval=0",
+        *(_people_task(tmp_path / "clutrr") if config == "clutrr_people" else []),
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
     weights = {}

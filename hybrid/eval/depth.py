@@ -94,7 +94,7 @@ def depth_sweep(
                     if step.step in per_step:
                         add_sums(per_step[step.step], step_sums(step))
             for step in steps:
-                metrics = finish_metrics(reduce_sums(per_step[step], device))
+                metrics = finish_metrics(reduce_sums(per_step[step], device, agree_on_keys=True))
                 compute = per_example_compute(T, n, step, step * flops / max(examples, 1))
                 rows.append({"H_cycles": T, "L_cycles": n, **metrics, "steps": step, **compute})
     finally:

@@ -17,13 +17,24 @@ from hybrid.core.rollout import FIXED_DEPTH, ExitRules, RolloutStep, rollout
 from hybrid.eval.compute import CoreFlops, cycle_counts, per_example_compute
 
 
-def reduce_sums(sums: dict[str, Tensor], device: torch.device | str = "cpu") -> dict[str, float]:
-    """Sum metric tensors across ranks (one collective, whatever the keys) and return plain floats."""
+def reduce_sums(sums: dict[str, Tensor], device: torch.device | str = "cpu", *, agree_on_keys: bool = False
+                ) -> dict[str, float]:
+    """Sum metric tensors across ranks (one collective, whatever the keys) and return plain floats.
+
+    agree_on_keys: the ranks first exchange their keys (one more collective), so that a rank whose share of a small
+    held-out set is empty, and so has no keys, still joins the sum instead of leaving the others waiting
+    (evaluation; every training rank always holds rows)."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     keys = sorted(sums)
+    if distributed and agree_on_keys:
+        every_rank: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(every_rank, keys)
+        keys = sorted(set().union(*every_rank))
     if not keys:
         return {}
-    vec = torch.stack([sums[k].detach().double().to(device) for k in keys])
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    zero = torch.zeros((), dtype=torch.float64)
+    vec = torch.stack([sums.get(k, zero).detach().double().to(device) for k in keys])
+    if distributed:
         torch.distributed.all_reduce(vec)
     return dict(zip(keys, vec.tolist()))
 
@@ -101,7 +112,7 @@ def evaluate(
         act_loss.train(was_training)
     if flops is not None:
         sums["flops"] = torch.tensor(float(flops.flops), dtype=torch.float64)
-    result = normalise(reduce_sums(sums, device))
+    result = normalise(reduce_sums(sums, device, agree_on_keys=True))
     if count_compute:
         result.update(per_example_compute(T, n, result["steps"], result["flops"]))
     for evaluator in evaluators:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from hybrid.eval.depth import adaptive_evaluate, depth_sweep
-from hybrid.eval.loop import evaluate
+from hybrid.eval.loop import evaluate, take_examples
 from hybrid.eval.research import load_research_model, research_batches
 from hybrid.models.people import hops_to_b
 from hybrid.utils import UserError, get_logger, run_main
@@ -57,12 +57,11 @@ def hop_rows(model, sets: dict[int, Path], hops: list[int], batch_size: int, max
     walk capped at each of `hops` steps and uncapped."""
     encoder, rows = model.hf_model.reasoner.encoder, []
     for k, data in sets.items():
-        def batches():
-            return research_batches(model, data, global_batch_size=batch_size)
-
+        # Held once: each batch carries its sentence-local features, computed once for every cap.
+        batches = list(take_examples(research_batches(model, data, global_batch_size=batch_size), max_examples, 1))
         with torch.no_grad():
-            to_b = torch.cat([hops_to_b(encoder(batch)[0]) for batch, _ in batches()])[:max_examples]
-        accuracy = {str(cap): evaluate(model.act_loss, batches(), halt_max_steps=1, max_examples=max_examples,
+            to_b = torch.cat([hops_to_b(encoder(batch)[0]) for batch, _ in batches])
+        accuracy = {str(cap): evaluate(model.act_loss, batches, halt_max_steps=1,
                                        **({} if cap is None else {"max_hops": cap}))["exact_accuracy"]
                     for cap in [*hops, None]}
         reached = to_b[to_b > 0].float()

@@ -16,6 +16,7 @@ from test_clutrr_run import depth_per_k, hybrid_heads
 from test_faults import load_recipe
 from test_train_hybrid import overrides, train_hybrid
 
+from hybrid.config import ConfigError, load_config
 from hybrid.data.clutrr import load_clutrr
 from hybrid.data.feature_cache import FeatureCache
 from hybrid.data.people import join_one_person_sentences, split_run_on_sentences, words_before_names
@@ -24,6 +25,7 @@ from hybrid.models.backbones import backbone_hidden_states, load_backbone, sente
 from hybrid.models.configuration_hybrid import HybridRecursiveConfig
 from hybrid.models.modeling_hybrid import HybridRecursiveForSequenceClassification
 from hybrid.models.people import mention_pairs
+from hybrid.train.config import HybridTrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 # Al-Bo, Bo-Cy, Cy-Di, Di-Ed: B is four links from A; Fa-Gi is off every A-B path.
@@ -186,6 +188,8 @@ def test_person_graph_config_and_input_errors(bert):
                               halt_max_steps=1)
     with pytest.raises(ValueError, match="core='chain' reasons over people"):
         HybridRecursiveConfig(backbone_name_or_path=str(bert), core="chain")
+    with pytest.raises(ConfigError, match="person_graph needs task.question=none, got 'first'"):
+        load_config(HybridTrainConfig, REPO / "configs" / "hybrid" / "clutrr_people.yaml", ["task.question=first"])
     model = _model(bert, tokenizer)
     with pytest.raises(ValueError, match=r"needs batch keys \['segment_ids', 'entity_ids', 'sentence_ids'\]"):
         model(torch.tensor([[1, 2, 3]]))

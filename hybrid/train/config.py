@@ -167,6 +167,9 @@ class HybridTrainConfig:
             raise ValueError(f"unknown key 'model.{unknown[0]}'. Valid keys in model: {', '.join(hybrid_model_keys())}")
         # Checked now (placeholder classes), so a bad value fails at load time, before any backbone is loaded.
         model = self.model_config(task="sequence", num_labels=2)
+        if model.person_graph and self.task.name == "clutrr" and self.task.question != "none":
+            raise ValueError(f"model.person_graph needs task.question=none, got {self.task.question!r}: a question "
+                             "naming A and B links them in one hop (task.mark_query already says who they are)")
         trained = "model.lora_r > 0" if model.lora_r > 0 else "model.train_backbone=true" if model.train_backbone else None
         if trained is not None and self.backbone_dtype != "float32":
             raise ValueError(f"backbone_dtype applies to a frozen backbone; with {trained} keep it float32")

@@ -61,8 +61,7 @@ def hop_rows(model, sets: dict[int, Path], hops: list[int], batch_size: int, max
         batches = list(take_examples(research_batches(model, data, global_batch_size=batch_size), max_examples, 1))
         with torch.no_grad():
             to_b = torch.cat([hops_to_b(encoder(batch)[0]) for batch, _ in batches])
-        accuracy = {str(cap): evaluate(model.act_loss, batches, halt_max_steps=1,
-                                       **({} if cap is None else {"max_hops": cap}))["exact_accuracy"]
+        accuracy = {str(cap): evaluate(model.act_loss, batches, halt_max_steps=1, max_hops=cap)["exact_accuracy"]
                     for cap in [*hops, None]}
         reached = to_b[to_b > 0].float()
         rows.append({"k": k, "count": len(to_b), "mean_hops": reached.mean().item() if len(reached) else 0.0,

@@ -182,9 +182,12 @@ def main(argv: list[str]) -> None:
     if accelerator.is_main_process:
         # A baseline head has no recursive core: naming one (the config's default) would mislabel its results; the
         # chain core has no T and n (it walks until it reaches B).
-        recursion = {"core": m.core, "H_cycles": m.H_cycles, "L_cycles": m.L_cycles} if m.head == "recursive" else {}
-        if m.person_graph:
-            recursion = {k: v for k, v in recursion.items() if k == "core"}
+        if m.head != "recursive":
+            recursion = {}
+        elif m.person_graph:
+            recursion = {"core": m.core}
+        else:
+            recursion = {"core": m.core, "H_cycles": m.H_cycles, "L_cycles": m.L_cycles}
         summary = {
             "head": m.head, "person_graph": m.person_graph, **recursion, "halt_max_steps": m.halt_max_steps,
             "eval_halt_max_steps": eval_steps,
